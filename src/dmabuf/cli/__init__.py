@@ -1,0 +1,22 @@
+"""The ``dmabuf`` command: demo, run, compare, topo, doctor, bench.
+
+Each sub-command lives in its own module of this package and is registered here. Human output by
+default (rich tables, trees, progress bars); ``--json`` for machines.
+"""
+
+from __future__ import annotations
+
+import click
+
+from dmabuf.cli.bench import bench_cmd
+
+__all__ = ["main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="pydmabuf")
+def main() -> None:
+    """pydmabuf: Linux DMA-BUF, P2PDMA and the DMA API, modelled with real memory."""
+
+
+main.add_command(bench_cmd)

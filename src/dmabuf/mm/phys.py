@@ -1,0 +1,835 @@
+"""Physical memory — the model's ``memblock`` / ``struct page`` / page allocator, with real bytes.
+
+The machine's physical address space is a set of non-overlapping :class:`PhysRegion` s: system RAM,
+device memory (a GPU's VRAM, an accelerator's HBM: ``ZONE_DEVICE``-capable) and MMIO apertures
+(a PCI BAR). Each region is backed by an anonymous, private, ``MAP_NORESERVE`` mmap viewed as a
+numpy ``uint8`` array, so an 80 GiB VRAM costs nothing until its pages are touched, and every
+simulated DMA really moves bytes.
+
+Per page the model keeps one ``int32`` **owner** (the role of ``struct page`` flags + refcount +
+``page->mapping`` for our purposes): ``0`` — free, never used; ``-1`` (:data:`OWNER_POISON`) —
+freed and poisoned; ``> 0`` — allocated to the owner id handed out by :meth:`PhysMemory.new_owner`
+(a buffer object, a migration target...). Freeing a page poisons it like ``SLAB_POISON`` /
+``page_poisoning`` do: the owner becomes ``-1`` and every byte ``0x6b`` (``POISON_FREE``), so a DMA
+through a stale mapping reads recognisable garbage, and :meth:`PhysMemory.check_owned` — which the
+DMA engines call with ``expect_owner`` — turns it into an :class:`~dmabuf.errors.IommuFault`
+naming who owns the page now.
+
+Allocation is page-granular first-fit over a sorted list of free extents (numpy arrays of page
+index + length per region), with realistic fragmentation: non-contiguous requests take the first
+free extents in address order (or in a seeded random order) and may return several extents;
+``contiguous=True`` needs one extent (``CMA`` / ``alloc_contig_range``) or fails with ``-ENOMEM``.
+
+Contract / locking: allocator state (free extents, owners) is protected by one internal lock held
+only for the duration of a call — the zone lock; it never blocks on anything else and is never
+held across a scheduling point. Byte accessors (``view/read/write/copy/fill/checksum``) take no
+lock, like a DMA engine: concurrent writers race exactly as hardware would.
+
+Data movement is vectorised: a copy between two range lists of different shapes iterates over
+the merged cut points, one ``np.copyto`` per contiguous piece, never per page.
+
+Kernel: mm/page_alloc.c (__alloc_pages, free_pages), mm/memblock.c, include/linux/poison.h
+(POISON_FREE 0x6b), mm/page_poison.c, include/linux/mm_types.h (struct page), mm/cma.c.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import math
+import mmap
+import sys
+import threading
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dmabuf.errors import ContractViolation, DmaBufError, IommuFault
+from dmabuf.mm.ranges import RANGE_DTYPE, as_ranges, coalesce, empty_ranges, range_starts
+
+__all__ = [
+    "OWNER_FREE",
+    "OWNER_POISON",
+    "PAGE_SHIFT",
+    "PAGE_SIZE",
+    "POISON_FREE",
+    "MemKind",
+    "PhysMemory",
+    "PhysRegion",
+]
+
+PAGE_SHIFT = 12
+PAGE_SIZE = 1 << PAGE_SHIFT
+#: Byte written over freed memory (include/linux/poison.h, POISON_FREE).
+POISON_FREE = 0x6B
+#: Owner value of a page that was never allocated.
+OWNER_FREE = 0
+#: Owner value of a freed (poisoned) page, until it is reallocated.
+OWNER_POISON = -1
+
+_GIB = 1 << 30
+#: Lowest base chosen automatically: physical address 0 is never valid memory in the model, so a
+#: forgotten or zeroed address faults instead of silently hitting the first region.
+_AUTO_BASE_MIN = _GIB
+_MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000 if sys.platform.startswith("linux") else 0)
+#: Above this many pages in one call, owner updates loop over slices instead of expanding indices.
+_EXPAND_LIMIT = 1 << 22
+
+
+class MemKind(enum.Enum):
+    """What a physical region is — decides how the DMA API may reach it.
+
+    * ``RAM`` — system memory (``memblock`` / ``ZONE_NORMAL``); mapped with ``dma_map_phys``.
+    * ``DEVICE`` — device-local memory (VRAM, HBM); can be exposed through a BAR, or to the CPU as
+      ``MEMORY_DEVICE_PRIVATE`` pages for HMM migration.
+    * ``MMIO`` — a PCI BAR aperture; DMA to it is P2P and needs ``DMA_ATTR_MMIO``.
+
+    Kernel: include/linux/memremap.h (enum memory_type), include/linux/ioport.h (IORESOURCE_MEM).
+    """
+
+    RAM = "ram"
+    DEVICE = "device"
+    MMIO = "mmio"
+
+
+def _check_int(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{what} must be an integer, not {type(value).__name__}")
+    return int(value)
+
+
+class PhysRegion:
+    """One contiguous range of CPU physical addresses with real, sparse backing memory.
+
+    Attributes:
+        name: unique name (``"ram0"``, ``"gpu0.vram"``, ``"0000:03:00.0 BAR0"``).
+        kind: :class:`MemKind`.
+        base: CPU physical address of the first byte (page aligned).
+        size: bytes (a multiple of ``PAGE_SIZE``).
+        numa_node: NUMA node (``-1`` = ``NUMA_NO_NODE``).
+        backing: writable ``uint8`` array of ``size`` bytes over an anonymous private mmap.
+        owner: ``int32`` per page (``0`` free, ``-1`` poisoned, ``> 0`` an owner id).
+
+    Regions are created by :meth:`PhysMemory.add_region`, never directly by users.
+
+    Kernel: include/linux/ioport.h (struct resource), include/linux/mmzone.h (struct zone).
+    """
+
+    def __init__(self, name: str, kind: MemKind, base: int, size: int, numa_node: int) -> None:
+        self.name = name
+        self.kind = kind
+        self.base = base
+        self.size = size
+        self.numa_node = numa_node
+        self._mmap = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+                               | _MAP_NORESERVE)
+        self.backing: np.ndarray = np.frombuffer(self._mmap, dtype=np.uint8)
+        # np.zeros uses calloc: pages of the owner table are not touched until written either.
+        self.owner: np.ndarray = np.zeros(size >> PAGE_SHIFT, dtype=np.int32)
+        # Free extents in page units, sorted by start, never adjacent (always merged).
+        self._free_start = np.zeros(1, dtype=np.int64)
+        self._free_len = np.full(1, size >> PAGE_SHIFT, dtype=np.int64)
+
+    @property
+    def npages(self) -> int:
+        """Number of 4 KiB pages in the region."""
+        return self.size >> PAGE_SHIFT
+
+    @property
+    def end(self) -> int:
+        """First physical address after the region."""
+        return self.base + self.size
+
+    @property
+    def free_pages(self) -> int:
+        """Pages currently free (never used or poisoned)."""
+        return int(self._free_len.sum())
+
+    @property
+    def largest_free_extent(self) -> int:
+        """Pages in the largest free extent (what ``contiguous=True`` can still get)."""
+        return int(self._free_len.max()) if self._free_len.size else 0
+
+    @property
+    def free_extents(self) -> int:
+        """Number of free extents: 1 when unfragmented."""
+        return int(self._free_len.size)
+
+    def contains(self, paddr: int, length: int = 1) -> bool:
+        """True when ``[paddr, paddr + length)`` lies entirely inside the region."""
+        paddr = _check_int(paddr, "paddr")
+        length = _check_int(length, "length")
+        if length < 0:
+            return False
+        return self.base <= paddr and paddr + length <= self.end
+
+    def describe(self) -> dict[str, Any]:
+        """Snapshot for ``dmabuf`` introspection (the ``/proc/iomem`` + buddyinfo view)."""
+        return {
+            "name": self.name,
+            "kind": self.kind.value,
+            "base": self.base,
+            "size": self.size,
+            "numa_node": self.numa_node,
+            "npages": self.npages,
+            "free_pages": self.free_pages,
+            "free_extents": self.free_extents,
+            "largest_free_extent_pages": self.largest_free_extent,
+        }
+
+    def __repr__(self) -> str:
+        return (f"PhysRegion({self.name!r}, {self.kind.name}, base={self.base:#x}, "
+                f"size={self.size:#x}, node={self.numa_node})")
+
+
+@dataclass(frozen=True)
+class _Located:
+    """Ranges resolved to (region index, offset in region) — vectorised, validated."""
+
+    region: np.ndarray   # int64 index into PhysMemory._regions
+    offset: np.ndarray   # uint64 byte offset inside that region
+    length: np.ndarray   # uint64 length
+    addr: np.ndarray     # uint64 physical address
+
+
+class PhysMemory:
+    """The machine's physical address space: regions, page allocator, ownership, byte access.
+
+    One instance hangs off the ``Machine``; tests create their own. See the module docstring for
+    the ownership and poisoning rules.
+
+    Args:
+        poison_on_free: write ``POISON_FREE`` over freed pages (default True, as with
+            ``page_poison=1``). Turning it off keeps freed memory untouched (cheaper for huge
+            benchmark buffers) but the owner is still set to ``OWNER_POISON``.
+
+    Kernel: mm/memblock.c, mm/page_alloc.c.
+    """
+
+    def __init__(self, *, poison_on_free: bool = True) -> None:
+        self._regions: list[PhysRegion] = []
+        self._by_name: dict[str, PhysRegion] = {}
+        self._bases = np.zeros(0, dtype=np.uint64)
+        self._ends = np.zeros(0, dtype=np.uint64)
+        self._owner_labels: dict[int, str] = {}
+        self._next_owner = 1
+        self._lock = threading.Lock()
+        self.poison_on_free = poison_on_free
+
+    # ------------------------------------------------------------------ regions
+
+    def add_region(self, name: str, size: int, kind: MemKind, *, base: int | None = None,
+                   numa_node: int = -1) -> PhysRegion:
+        """Add a region of physical memory — ``memblock_add()`` / ``request_mem_region()``.
+
+        Args:
+            name: unique region name.
+            size: bytes, a positive multiple of ``PAGE_SIZE``.
+            kind: :class:`MemKind`.
+            base: CPU physical address, page aligned. ``None`` picks the first 1 GiB-aligned
+                address above every existing region (and at least 1 GiB, so address 0 is never
+                memory).
+            numa_node: NUMA node, ``-1`` for none.
+
+        Context:
+            Takes the allocator lock briefly; never blocks otherwise.
+
+        Returns:
+            The new :class:`PhysRegion` (its backing is sparse: no memory is used until touched).
+
+        Raises:
+            TypeError: wrong argument types.
+            DmaBufError(EINVAL): bad size/base alignment, overlap with an existing region.
+            DmaBufError(EEXIST): a region of that name exists.
+            DmaBufError(ENOMEM): the host refused the backing mmap.
+
+        Kernel: mm/memblock.c, memblock_add(); kernel/resource.c, request_mem_region().
+        """
+        if not isinstance(name, str) or not name:
+            raise TypeError("region name must be a non-empty str")
+        if not isinstance(kind, MemKind):
+            raise TypeError(f"kind must be a MemKind, not {type(kind).__name__}")
+        size = _check_int(size, "size")
+        numa_node = _check_int(numa_node, "numa_node")
+        if size <= 0 or size % PAGE_SIZE:
+            raise DmaBufError(errno.EINVAL, f"region {name!r}: size {size:#x} must be a positive "
+                              f"multiple of PAGE_SIZE ({PAGE_SIZE}); round it up")
+        with self._lock:
+            if name in self._by_name:
+                raise DmaBufError(errno.EEXIST, f"a region named {name!r} already exists")
+            if base is None:
+                top = max([r.end for r in self._regions], default=0)
+                base = max(_AUTO_BASE_MIN, -(-top // _GIB) * _GIB)
+            else:
+                base = _check_int(base, "base")
+                if base < 0 or base % PAGE_SIZE:
+                    raise DmaBufError(errno.EINVAL, f"region {name!r}: base {base:#x} must be a "
+                                      "non-negative multiple of PAGE_SIZE")
+            if base + size > (1 << 64):
+                raise DmaBufError(errno.EINVAL, f"region {name!r} ends beyond 2^64")
+            for r in self._regions:
+                if base < r.end and r.base < base + size:
+                    raise DmaBufError(errno.EINVAL,
+                                      f"region {name!r} [{base:#x}, {base + size:#x}) overlaps "
+                                      f"{r.name!r} [{r.base:#x}, {r.end:#x}); choose another "
+                                      "base or let add_region pick one (base=None)")
+            try:
+                region = PhysRegion(name, kind, base, size, numa_node)
+            except (OSError, OverflowError, ValueError) as e:
+                raise DmaBufError(errno.ENOMEM, f"cannot back region {name!r} of {size:#x} "
+                                  f"bytes: {e}") from e
+            self._regions.append(region)
+            self._regions.sort(key=lambda r: r.base)
+            self._by_name[name] = region
+            self._bases = np.array([r.base for r in self._regions], dtype=np.uint64)
+            self._ends = np.array([r.end for r in self._regions], dtype=np.uint64)
+        return region
+
+    def region(self, name: str) -> PhysRegion:
+        """Return the region called ``name``.
+
+        Raises:
+            DmaBufError(ENOENT): no such region.
+        """
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise DmaBufError(errno.ENOENT, f"no physical region named {name!r}; known: "
+                              f"{sorted(self._by_name)}") from None
+
+    @property
+    def regions(self) -> tuple[PhysRegion, ...]:
+        """All regions, by ascending base address."""
+        return tuple(self._regions)
+
+    def region_at(self, paddr: int) -> PhysRegion:
+        """Return the region containing the physical address ``paddr`` — ``pfn_valid()`` + zone.
+
+        Raises:
+            IommuFault (EFAULT): no region contains ``paddr`` (a DMA there would hit nothing).
+        """
+        paddr = _check_int(paddr, "paddr")
+        i = int(np.searchsorted(self._bases, np.uint64(max(paddr, 0)), side="right")) - 1
+        if paddr < 0 or i < 0 or paddr >= int(self._ends[i]):
+            raise IommuFault(f"physical address {paddr:#x} is not in any memory region",
+                             dma_addr=paddr)
+        return self._regions[i]
+
+    # ------------------------------------------------------------------ owners
+
+    def new_owner(self, label: str) -> int:
+        """Hand out a new positive owner id for pages (a buffer object, a process...).
+
+        Args:
+            label: human-readable name shown in fault messages.
+
+        Returns:
+            A positive int, unique in this PhysMemory.
+        """
+        if not isinstance(label, str):
+            raise TypeError("owner label must be a str")
+        with self._lock:
+            oid = self._next_owner
+            self._next_owner += 1
+            self._owner_labels[oid] = label
+        return oid
+
+    def owner_label(self, owner: int) -> str:
+        """Label of an owner id (``"free"`` for 0, ``"poisoned (freed)"`` for -1)."""
+        owner = int(owner)
+        if owner == OWNER_FREE:
+            return "free"
+        if owner == OWNER_POISON:
+            return "poisoned (freed)"
+        return self._owner_labels.get(owner, f"unknown owner {owner}")
+
+    def _check_owner_id(self, owner: int) -> int:
+        owner = _check_int(owner, "owner")
+        if owner not in self._owner_labels:
+            raise DmaBufError(errno.EINVAL, f"owner {owner} was not issued by new_owner(); "
+                              "get one with PhysMemory.new_owner(label)")
+        return owner
+
+    # ------------------------------------------------------------------ location helpers
+
+    def _locate(self, ranges: Any) -> _Located:
+        """Resolve every non-empty range to its region; fault if any is outside all regions."""
+        r = as_ranges(ranges)
+        r = r[r["len"] != 0]
+        addr = r["addr"]
+        length = r["len"]
+        if r.size == 0:
+            z = np.zeros(0, dtype=np.uint64)
+            return _Located(np.zeros(0, dtype=np.int64), z, z, z)
+        idx = np.searchsorted(self._bases, addr, side="right").astype(np.int64) - 1
+        bad = idx < 0
+        safe = np.where(bad, 0, idx)
+        if self._ends.size == 0:
+            bad = np.ones(r.size, dtype=bool)
+        else:
+            bad |= (addr + length) > self._ends[safe]
+        if bool(bad.any()):
+            i = int(np.flatnonzero(bad)[0])
+            a, n = int(addr[i]), int(length[i])
+            where = ""
+            if not (idx[i] < 0 or self._ends.size == 0) and a < int(self._ends[safe[i]]):
+                where = f" (it starts in {self._regions[int(safe[i])].name!r} but runs past its end)"
+            raise IommuFault(f"physical range [{a:#x}, {a + n:#x}) is not inside one memory "
+                             f"region{where}", dma_addr=a)
+        return _Located(safe, addr - self._bases[safe], length, addr)
+
+    def _page_spans(self, loc: _Located) -> tuple[np.ndarray, np.ndarray]:
+        """First page index (in region) and page count of every located byte range."""
+        first = (loc.offset >> np.uint64(PAGE_SHIFT)).astype(np.int64)
+        last = ((loc.offset + loc.length - np.uint64(1)) >> np.uint64(PAGE_SHIFT)).astype(np.int64)
+        return first, last - first + 1
+
+    def _owner_values(self, region: PhysRegion, first: np.ndarray,
+                      count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(page indices, owner values) of the pages spanned, expanded (only for moderate sizes)."""
+        pages = _expand(first, count)
+        return pages, region.owner[pages]
+
+    def _spans_by_region(self, loc: _Located) -> list[tuple[PhysRegion, np.ndarray, np.ndarray]]:
+        first, count = self._page_spans(loc)
+        out = []
+        for ri in np.unique(loc.region).tolist():
+            m = loc.region == ri
+            out.append((self._regions[ri], first[m], count[m]))
+        return out
+
+    # ------------------------------------------------------------------ allocator
+
+    def alloc(self, region: PhysRegion | str, nbytes: int, owner: int, *,
+              contiguous: bool = False, max_extent: int | None = None,
+              rng: np.random.Generator | None = None, zero: bool = False) -> np.ndarray:
+        """Allocate pages to ``owner`` — ``alloc_pages()`` / ``alloc_contig_range()``.
+
+        Args:
+            region: the region (or its name) to allocate from.
+            nbytes: bytes wanted; rounded up to whole pages.
+            owner: an id from :meth:`new_owner`.
+            contiguous: one physically contiguous extent (CMA-like) or ``-ENOMEM``.
+            max_extent: when not contiguous, cap every returned extent at this many bytes (a
+                multiple of ``PAGE_SIZE``; e.g. ``PAGE_SIZE`` for order-0 pages, ``2 MiB`` for
+                THP-sized folios).
+            rng: seeded generator; when given, the free extent used (contiguous) or the order in
+                which free extents are consumed (non-contiguous) is random instead of first-fit,
+                giving scattered, realistic physical layouts.
+            zero: clear the pages (``__GFP_ZERO``). Without it a reused page still holds
+                ``POISON_FREE`` bytes, as freed memory does in the kernel with page poisoning.
+
+        Context:
+            Takes the allocator lock; never sleeps (the model never reclaims).
+
+        Returns:
+            A ``RANGE_DTYPE`` array of page-aligned physical extents, in the order the buffer
+            uses them (adjacent extents are merged unless ``max_extent`` forbids it).
+
+        Raises:
+            TypeError: wrong types.
+            DmaBufError(EINVAL): ``nbytes <= 0``, bad ``max_extent``, unknown owner, an MMIO region
+                (BAR apertures are not allocatable RAM; use the p2pmem allocator of ``pci``).
+            DmaBufError(ENOMEM): not enough free pages (or no extent large enough when
+                contiguous); the message gives the free pages and the largest extent.
+
+        Kernel: mm/page_alloc.c, __alloc_pages(); mm/cma.c, cma_alloc().
+        """
+        if isinstance(region, str):
+            region = self.region(region)
+        if not isinstance(region, PhysRegion) or self._by_name.get(region.name) is not region:
+            raise DmaBufError(errno.EINVAL, f"{region!r} is not a region of this PhysMemory")
+        nbytes = _check_int(nbytes, "nbytes")
+        owner = self._check_owner_id(owner)
+        if nbytes <= 0:
+            raise DmaBufError(errno.EINVAL, f"alloc of {nbytes} bytes: size must be positive")
+        if max_extent is not None:
+            max_extent = _check_int(max_extent, "max_extent")
+            if max_extent <= 0 or max_extent % PAGE_SIZE:
+                raise DmaBufError(errno.EINVAL, f"max_extent {max_extent:#x} must be a positive "
+                                  "multiple of PAGE_SIZE")
+        npages = -(-nbytes // PAGE_SIZE)
+        with self._lock:
+            fs, fl = region._free_start, region._free_len
+            free = int(fl.sum())
+            if contiguous:
+                cand = np.flatnonzero(fl >= npages)
+                if cand.size == 0:
+                    raise DmaBufError(errno.ENOMEM,
+                                      f"{region.name}: no free extent of {npages} contiguous pages "
+                                      f"({nbytes:#x} bytes): {free} pages free in {fl.size} "
+                                      f"extents, the largest is {region.largest_free_extent} "
+                                      "pages; free memory or allocate non-contiguously")
+                i = int(cand[0] if rng is None else cand[int(rng.integers(cand.size))])
+                starts = np.array([fs[i]], dtype=np.int64)
+                counts = np.array([npages], dtype=np.int64)
+                fs[i] += npages
+                fl[i] -= npages
+                keep = fl > 0
+                region._free_start, region._free_len = fs[keep], fl[keep]
+            else:
+                if free < npages:
+                    raise DmaBufError(errno.ENOMEM,
+                                      f"{region.name}: cannot allocate {npages} pages "
+                                      f"({nbytes:#x} bytes): only {free} pages free of "
+                                      f"{region.npages}; free memory or use another region")
+                order = np.arange(fl.size) if rng is None else rng.permutation(fl.size)
+                cum = np.cumsum(fl[order])
+                k = int(np.searchsorted(cum, npages, side="left"))  # last extent index used
+                used = order[:k + 1]
+                counts = fl[used].copy()
+                counts[-1] -= int(cum[k]) - npages
+                starts = fs[used].copy()
+                # Consume: whole extents removed, the last one shrunk from its start.
+                fs = fs.copy()
+                fl = fl.copy()
+                last = int(used[-1])
+                fs[last] += counts[-1]
+                fl[last] -= counts[-1]
+                fl[used[:-1]] = 0
+                keep = fl > 0
+                region._free_start, region._free_len = fs[keep], fl[keep]
+            self._assign(region, starts, counts, owner)
+        if zero:
+            for s, c in zip(starts.tolist(), counts.tolist(), strict=True):
+                region.backing[s << PAGE_SHIFT:(s + c) << PAGE_SHIFT] = 0
+        out = np.empty(starts.size, dtype=RANGE_DTYPE)
+        out["addr"] = (starts.astype(np.uint64) << np.uint64(PAGE_SHIFT)) + np.uint64(region.base)
+        out["len"] = counts.astype(np.uint64) << np.uint64(PAGE_SHIFT)
+        out = coalesce(out)
+        if max_extent is not None:
+            from dmabuf.mm.ranges import split_ranges
+            out = split_ranges(out, max_extent)
+        return out
+
+    def _assign(self, region: PhysRegion, starts: np.ndarray, counts: np.ndarray,
+                value: int) -> None:
+        """Set the owner of pages ``[starts, starts + counts)`` (region page indices)."""
+        total = int(counts.sum())
+        if starts.size <= 16 or total > _EXPAND_LIMIT:
+            for s, c in zip(starts.tolist(), counts.tolist(), strict=True):
+                region.owner[s:s + c] = value
+        else:
+            region.owner[_expand(starts, counts)] = value
+
+    def free(self, ranges: Any) -> None:
+        """Return pages to the allocator and poison them — ``__free_pages()`` + page poisoning.
+
+        Owners become ``OWNER_POISON`` (-1) and, with ``poison_on_free``, every byte ``0x6b``
+        until the page is allocated again.
+
+        Args:
+            ranges: page-aligned ranges previously returned by :meth:`alloc` (any split or merge
+                of them; they may span several regions).
+
+        Context:
+            Takes the allocator lock; never sleeps.
+
+        Raises:
+            DmaBufError(EINVAL): a range is not page aligned.
+            IommuFault (EFAULT): a range is outside every region.
+            ContractViolation("free_pages"): a page is not allocated (double free, never
+                allocated) or listed twice — the kernel's "Bad page state" BUG.
+
+        Kernel: mm/page_alloc.c, __free_pages(), free_pages_prepare(); mm/page_poison.c.
+        """
+        r = as_ranges(ranges)
+        if r.size and bool(np.any((r["addr"] | r["len"]) & np.uint64(PAGE_SIZE - 1))):
+            raise DmaBufError(errno.EINVAL, "free: ranges must be page aligned (addr and len "
+                              "multiples of PAGE_SIZE), as returned by alloc()")
+        loc = self._locate(r)
+        if loc.region.size == 0:
+            return
+        with self._lock:
+            groups = self._spans_by_region(loc)
+            for region, first, count in groups:
+                order = np.argsort(first, kind="stable")
+                s, c = first[order], count[order]
+                if s.size > 1 and bool(np.any(s[1:] < s[:-1] + c[:-1])):
+                    j = int(np.flatnonzero(s[1:] < s[:-1] + c[:-1])[0]) + 1
+                    raise ContractViolation("free_pages", f"{region.name}: page "
+                                            f"{region.base + (int(s[j]) << PAGE_SHIFT):#x} is "
+                                            "listed twice in one free() call")
+                self._check_pages(region, s, c, None, rule="free_pages")
+            for region, first, count in groups:
+                self._assign(region, first, count, OWNER_POISON)
+                fs = np.concatenate((region._free_start, first))
+                fl = np.concatenate((region._free_len, count))
+                region._free_start, region._free_len = _merge_extents(fs, fl)
+        if self.poison_on_free:
+            self.fill(r, POISON_FREE)
+
+    def _check_pages(self, region: PhysRegion, first: np.ndarray, count: np.ndarray,
+                     owner: int | None, *, rule: str = "") -> None:
+        """Raise if a page is not owned by ``owner`` (None: not allocated to anyone)."""
+        total = int(count.sum())
+
+        def bad_mask(vals: np.ndarray) -> np.ndarray:
+            return vals <= 0 if owner is None else vals != owner
+
+        bad_page = -1
+        bad_val = 0
+        if first.size <= 16 or total > _EXPAND_LIMIT:
+            for s, c in zip(first.tolist(), count.tolist(), strict=True):
+                vals = region.owner[s:s + c]
+                m = bad_mask(vals)
+                if bool(m.any()):
+                    j = int(np.argmax(m))
+                    bad_page, bad_val = s + j, int(vals[j])
+                    break
+        else:
+            pages, vals = self._owner_values(region, first, count)
+            m = bad_mask(vals)
+            if bool(m.any()):
+                j = int(np.argmax(m))
+                bad_page, bad_val = int(pages[j]), int(vals[j])
+        if bad_page < 0:
+            return
+        paddr = region.base + (bad_page << PAGE_SHIFT)
+        who = self.owner_label(bad_val)
+        if owner is None:
+            raise ContractViolation(rule or "free_pages",
+                                    f"{region.name}: page {paddr:#x} (pfn {paddr >> PAGE_SHIFT:#x})"
+                                    f" is not allocated ({who}): double free or never allocated")
+        if bad_val > 0:
+            state = f"is owned by {who!r} (owner {bad_val})"
+        else:
+            state = f"is {who}"
+        raise IommuFault(f"{region.name}: page {paddr:#x} (pfn {paddr >> PAGE_SHIFT:#x}) {state}, "
+                         f"not by {self.owner_label(owner)!r} (owner {owner}): stale mapping "
+                         "after free, migration or revoke", dma_addr=paddr)
+
+    def set_owner(self, ranges: Any, owner: int) -> None:
+        """Transfer allocated pages to another owner (migration, buffer hand-over).
+
+        Args:
+            ranges: page-aligned allocated ranges.
+            owner: an id from :meth:`new_owner`.
+
+        Context:
+            Takes the allocator lock; never sleeps.
+
+        Raises:
+            DmaBufError(EINVAL): unaligned ranges or unknown owner.
+            IommuFault: range outside every region.
+            ContractViolation("set_owner"): a page is free or poisoned.
+
+        Kernel: mm/migrate.c, folio_migrate_mapping() (the page changes hands).
+        """
+        owner = self._check_owner_id(owner)
+        r = as_ranges(ranges)
+        if r.size and bool(np.any((r["addr"] | r["len"]) & np.uint64(PAGE_SIZE - 1))):
+            raise DmaBufError(errno.EINVAL, "set_owner: ranges must be page aligned")
+        loc = self._locate(r)
+        with self._lock:
+            groups = self._spans_by_region(loc)
+            for region, first, count in groups:
+                self._check_pages(region, first, count, None, rule="set_owner")
+            for region, first, count in groups:
+                self._assign(region, first, count, owner)
+
+    def check_owned(self, ranges: Any, owner: int) -> None:
+        """Fault unless every page touched by ``ranges`` belongs to ``owner``.
+
+        The model's stand-in for the IOMMU / memory-controller noticing a DMA through a stale
+        translation: DMA engines call it with ``expect_owner`` before moving bytes.
+
+        Args:
+            ranges: byte ranges (need not be page aligned; every page they touch is checked).
+            owner: the expected owner id.
+
+        Context:
+            Lock-free read of the owner table; never blocks.
+
+        Raises:
+            IommuFault (EFAULT): the first page not owned by ``owner``, saying who owns it or that
+                it is free/poisoned; also for ranges outside every region.
+        """
+        owner = _check_int(owner, "owner")
+        loc = self._locate(ranges)
+        for region, first, count in self._spans_by_region(loc):
+            self._check_pages(region, first, count, owner)
+
+    def owners_of(self, ranges: Any) -> np.ndarray:
+        """Owner id of every page touched by ``ranges`` (expanded; for tests and describe)."""
+        loc = self._locate(ranges)
+        first, count = self._page_spans(loc)
+        out = []
+        for k in range(loc.region.size):
+            reg = self._regions[int(loc.region[k])]
+            f, c = int(first[k]), int(count[k])
+            out.append(reg.owner[f:f + c])
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.int32)
+
+    # ------------------------------------------------------------------ bytes
+
+    def view(self, paddr: int, length: int) -> np.ndarray:
+        """Writable ``uint8`` view of ``[paddr, paddr + length)`` — ``phys_to_virt`` / ``kmap``.
+
+        Raises:
+            DmaBufError(EINVAL): negative length.
+            IommuFault (EFAULT): the range is not inside one region.
+        """
+        paddr = _check_int(paddr, "paddr")
+        length = _check_int(length, "length")
+        if length < 0:
+            raise DmaBufError(errno.EINVAL, "view: length must be >= 0")
+        region = self.region_at(paddr)
+        off = paddr - region.base
+        if off + length > region.size:
+            raise IommuFault(f"[{paddr:#x}, {paddr + length:#x}) runs past the end of region "
+                             f"{region.name!r} ({region.end:#x})", dma_addr=paddr)
+        return region.backing[off:off + length]
+
+    def _pieces(self, ranges: Any) -> list[tuple[np.ndarray, int, int]]:
+        loc = self._locate(coalesce(as_ranges(ranges)))
+        regs = self._regions
+        return [(regs[ri].backing, o, n) for ri, o, n in
+                zip(loc.region.tolist(), loc.offset.tolist(), loc.length.tolist(), strict=True)]
+
+    def read(self, ranges: Any) -> np.ndarray:
+        """Gather the bytes of ``ranges`` into a new ``uint8`` array.
+
+        Raises:
+            IommuFault (EFAULT): a range outside every region.
+        """
+        pieces = self._pieces(ranges)
+        out = np.empty(sum(n for _, _, n in pieces), dtype=np.uint8)
+        pos = 0
+        for backing, o, n in pieces:
+            np.copyto(out[pos:pos + n], backing[o:o + n])
+            pos += n
+        return out
+
+    def write(self, ranges: Any, data: Any) -> None:
+        """Scatter ``data`` (bytes-like or ndarray) over ``ranges``.
+
+        Raises:
+            DmaBufError(EINVAL): ``len(data)`` differs from the total length of ``ranges``.
+            IommuFault (EFAULT): a range outside every region.
+        """
+        src = _as_bytes_array(data)
+        pieces = self._pieces(ranges)
+        total = sum(n for _, _, n in pieces)
+        if src.size != total:
+            raise DmaBufError(errno.EINVAL, f"write: {src.size} bytes of data for ranges of "
+                              f"{total} bytes")
+        pos = 0
+        for backing, o, n in pieces:
+            np.copyto(backing[o:o + n], src[pos:pos + n])
+            pos += n
+
+    def fill(self, ranges: Any, byte: int) -> None:
+        """Set every byte of ``ranges`` to ``byte`` (0..255) — ``memset``.
+
+        Raises:
+            DmaBufError(EINVAL): byte out of range.  IommuFault: range outside every region.
+        """
+        byte = _check_int(byte, "byte")
+        if not 0 <= byte <= 255:
+            raise DmaBufError(errno.EINVAL, f"fill: byte {byte} is not in 0..255")
+        for backing, o, n in self._pieces(ranges):
+            backing[o:o + n] = byte
+
+    def checksum(self, ranges: Any) -> int:
+        """CRC-32 (zlib) of the bytes of ``ranges`` in list order, computed piecewise.
+
+        Raises:
+            IommuFault (EFAULT): a range outside every region.
+        """
+        crc = 0
+        for backing, o, n in self._pieces(ranges):
+            crc = zlib.crc32(memoryview(backing[o:o + n]), crc)
+        return crc
+
+    def copy(self, dst_ranges: Any, src_ranges: Any) -> None:
+        """Copy the bytes of ``src_ranges`` to ``dst_ranges`` (same total, any shapes).
+
+        The two lists are cut at the union of their boundaries (``np.union1d`` of the prefix
+        sums) and each resulting piece is one ``np.copyto`` — never per page. Overlapping
+        source and destination pieces behave like ``memmove`` (numpy handles overlap).
+
+        Raises:
+            DmaBufError(EINVAL): different total lengths.
+            IommuFault (EFAULT): a range outside every region.
+        """
+        d = coalesce(as_ranges(dst_ranges))
+        s = coalesce(as_ranges(src_ranges))
+        dl = self._locate(d)
+        sl = self._locate(s)
+        dtot = int(dl.length.sum()) if dl.length.size else 0
+        stot = int(sl.length.sum()) if sl.length.size else 0
+        if dtot != stot:
+            raise DmaBufError(errno.EINVAL, f"copy: destination has {dtot} bytes, source "
+                              f"{stot}; the lists must describe the same length")
+        if dtot == 0:
+            return
+        regs = self._regions
+        if d.size == 1 and s.size == 1:
+            np.copyto(regs[int(dl.region[0])].backing[int(dl.offset[0]):int(dl.offset[0]) + dtot],
+                      regs[int(sl.region[0])].backing[int(sl.offset[0]):int(sl.offset[0]) + dtot])
+            return
+        dstart = range_starts(d)
+        sstart = range_starts(s)
+        cuts = np.union1d(dstart, sstart)
+        plen = np.diff(np.append(cuts, np.uint64(dtot)))
+        di = np.searchsorted(dstart, cuts, side="right") - 1
+        si = np.searchsorted(sstart, cuts, side="right") - 1
+        doff = dl.offset[di] + (cuts - dstart[di])
+        soff = sl.offset[si] + (cuts - sstart[si])
+        dreg = dl.region[di]
+        sreg = sl.region[si]
+        for dr, do, sr, so, n in zip(dreg.tolist(), doff.tolist(), sreg.tolist(), soff.tolist(),
+                                     plen.tolist(), strict=True):
+            np.copyto(regs[dr].backing[do:do + n], regs[sr].backing[so:so + n])
+
+    # ------------------------------------------------------------------ introspection
+
+    def describe(self) -> dict[str, Any]:
+        """Snapshot of every region (``/proc/iomem`` + ``/proc/buddyinfo`` in one)."""
+        return {"regions": [r.describe() for r in self._regions],
+                "owners": len(self._owner_labels)}
+
+    def __repr__(self) -> str:
+        return f"PhysMemory({len(self._regions)} regions)"
+
+
+def _expand(first: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """Page indices ``first[i] .. first[i] + count[i] - 1`` for every i, concatenated."""
+    first = first.astype(np.int64)
+    count = count.astype(np.int64)
+    total = int(count.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    offs = np.zeros(count.size, dtype=np.int64)
+    if count.size > 1:
+        np.cumsum(count[:-1], out=offs[1:])
+    return np.repeat(first - offs, count) + np.arange(total, dtype=np.int64)
+
+
+def _merge_extents(fs: np.ndarray, fl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sort free extents by start and merge the adjacent ones."""
+    order = np.argsort(fs, kind="stable")
+    s = fs[order]
+    n = fl[order]
+    if s.size <= 1:
+        return s, n
+    begin = np.concatenate(([True], s[1:] != s[:-1] + n[:-1]))
+    idx = np.flatnonzero(begin)
+    return s[idx], np.add.reduceat(n, idx)
+
+
+def _as_bytes_array(data: Any) -> np.ndarray:
+    if isinstance(data, np.ndarray):
+        return np.ascontiguousarray(data).view(np.uint8).reshape(-1)
+    try:
+        return np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8)
+    except TypeError:
+        raise TypeError(f"data must be bytes-like or a numpy array, not "
+                        f"{type(data).__name__}") from None
+
+
+# Keep the module-level names math / empty_ranges referenced for re-export users.
+_ = (math, empty_ranges)
