@@ -16,17 +16,16 @@ DEBS=$CACHE/debs
 PREFERRED_KERNEL=linux-image-6.12.107+deb12-amd64-unsigned
 mkdir -p "$DEBS"
 
-updated=0
-apt_update_once() { [ $updated = 1 ] || { apt-get update -qq; updated=1; }; }
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+updated=0
+apt_update_once() { [ $updated = 1 ] || { $SUDO apt-get update -qq; updated=1; }; }
 
 need=""
 command -v qemu-system-x86_64 >/dev/null 2>&1 || need="$need qemu-system-x86"
-command -v modprobe >/dev/null 2>&1 && command -v depmod >/dev/null 2>&1 || need="$need kmod"
+{ command -v modprobe && command -v depmod; } >/dev/null 2>&1 || need="$need kmod"
 if [ -n "$need" ]; then
   echo "install-qemu: installing$need"
-  [ -z "$SUDO" ] || updated=0
-  if [ -z "$SUDO" ]; then apt_update_once; else $SUDO apt-get update -qq; updated=1; fi
+  apt_update_once
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $need
 fi
 

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import enum
 import errno
-import math
 import mmap
 import sys
 import threading
@@ -47,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from dmabuf.errors import ContractViolation, DmaBufError, IommuFault
-from dmabuf.mm.ranges import RANGE_DTYPE, as_ranges, coalesce, empty_ranges, range_starts
+from dmabuf.mm.ranges import RANGE_DTYPE, as_ranges, coalesce, range_starts, split_ranges
 
 __all__ = [
     "OWNER_FREE",
@@ -375,7 +374,8 @@ class PhysMemory:
             a, n = int(addr[i]), int(length[i])
             where = ""
             if not (idx[i] < 0 or self._ends.size == 0) and a < int(self._ends[safe[i]]):
-                where = f" (it starts in {self._regions[int(safe[i])].name!r} but runs past its end)"
+                name = self._regions[int(safe[i])].name
+                where = f" (it starts in {name!r} but runs past its end)"
             raise IommuFault(f"physical range [{a:#x}, {a + n:#x}) is not inside one memory "
                              f"region{where}", dma_addr=a)
         return _Located(safe, addr - self._bases[safe], length, addr)
@@ -394,6 +394,8 @@ class PhysMemory:
 
     def _spans_by_region(self, loc: _Located) -> list[tuple[PhysRegion, np.ndarray, np.ndarray]]:
         first, count = self._page_spans(loc)
+        if loc.region.size and int(loc.region.min()) == int(loc.region.max()):
+            return [(self._regions[int(loc.region[0])], first, count)]
         out = []
         for ri in np.unique(loc.region).tolist():
             m = loc.region == ri
@@ -500,7 +502,6 @@ class PhysMemory:
         out["len"] = counts.astype(np.uint64) << np.uint64(PAGE_SHIFT)
         out = coalesce(out)
         if max_extent is not None:
-            from dmabuf.mm.ranges import split_ranges
             out = split_ranges(out, max_extent)
         return out
 
@@ -741,7 +742,7 @@ class PhysMemory:
         """
         crc = 0
         for backing, o, n in self._pieces(ranges):
-            crc = zlib.crc32(memoryview(backing[o:o + n]), crc)
+            crc = zlib.crc32(backing[o:o + n].data, crc)
         return crc
 
     def copy(self, dst_ranges: Any, src_ranges: Any) -> None:
@@ -830,6 +831,3 @@ def _as_bytes_array(data: Any) -> np.ndarray:
         raise TypeError(f"data must be bytes-like or a numpy array, not "
                         f"{type(data).__name__}") from None
 
-
-# Keep the module-level names math / empty_ranges referenced for re-export users.
-_ = (math, empty_ranges)
