@@ -2,10 +2,29 @@
 
 from __future__ import annotations
 
+import statistics
+from collections.abc import Callable
+
 import numpy as np
 
 from dmabuf.bench import BenchResult, benchmark, measure
 from dmabuf.mm import MemKind, PhysMemory, split_ranges
+
+
+def _interleaved(model: Callable[[], object], raw: Callable[[], object],
+                 rounds: int) -> tuple[float, float, float]:
+    """Time model and baseline alternately; return (median model s, median raw s, median ratio
+    raw/model). Alternating cancels the drift of a shared, noisy machine."""
+    tm: list[float] = []
+    tr: list[float] = []
+    model()
+    raw()
+    for _ in range(rounds):
+        tr.append(measure(raw, repeat=1))
+        tm.append(measure(model, repeat=1))
+    ratios = [r / m for r, m in zip(tr, tm, strict=True)]
+    return statistics.median(tm), statistics.median(tr), statistics.median(ratios)
+
 
 
 def _setup(size: int, extent: int | None) -> tuple[PhysMemory, np.ndarray, np.ndarray]:
@@ -36,19 +55,21 @@ def _tail(r: np.ndarray, skip: int) -> np.ndarray:
 @benchmark("mm.copy", claim="PhysMemory.copy of 256 MiB between two regions >= 0.9x raw np.copyto")
 def bench_copy(quick: bool) -> list[BenchResult]:
     size = (16 << 20) if quick else (256 << 20)
-    repeat = 3 if quick else 7
+    repeat = 5 if quick else 9
     results = []
     for label, extent in (("contiguous", None), ("2MiB-extents", 2 << 20)):
         pm, src, dst = _setup(size, extent)
-        a = np.empty(size, dtype=np.uint8)
-        b = np.full(size, 0x5A, dtype=np.uint8)
-        raw = measure(lambda a=a, b=b: np.copyto(a, b), repeat=repeat)
-        model = measure(lambda pm=pm, src=src, dst=dst: pm.copy(dst, src), repeat=repeat)
+        # Baseline: one raw np.copyto between the very same memory (both regions' backing
+        # views), so the ratio is the model's own overhead (range walk, cut points, checks).
+        a = pm.view(pm.region("vram0").base, size)
+        b = pm.view(pm.region("ram0").base, size)
+        model, raw, ratio = _interleaved(lambda pm=pm, src=src, dst=dst: pm.copy(dst, src),
+                                         lambda a=a, b=b: np.copyto(a, b), repeat)
         assert bool(np.all(pm.read(dst[:1]) == 0x5A))
         results.append(BenchResult(
             name=f"mm.copy.{label}", figure=size / model / 1e9, unit="GB/s",
-            baseline=size / raw / 1e9, baseline_name="np.copyto, same size",
-            ratio=raw / model, target=0.9, target_text=">= 0.9",
+            baseline=size / raw / 1e9, baseline_name="np.copyto, same memory, one call",
+            ratio=ratio, target=0.9, target_text=">= 0.9",
             details={"bytes": size, "src_ranges": int(src.size), "dst_ranges": int(dst.size)}))
     return results
 

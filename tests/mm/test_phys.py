@@ -347,3 +347,22 @@ def test_describe(pm: PhysMemory) -> None:
 def test_resource_module_available() -> None:
     # the sparse test relies on Linux /proc; make the dependency explicit
     assert resource.getpagesize() == PAGE_SIZE
+
+
+def test_one_physmemory_per_machine() -> None:
+    from dmabuf.machine import Machine
+
+    m = Machine()
+    pm = m.state(PhysMemory)
+    assert m.state(PhysMemory) is pm and pm.machine is m
+    assert Machine().state(PhysMemory) is not pm
+
+
+def test_region_indices_and_no_hugepages() -> None:
+    p = PhysMemory(hugepages=False)
+    a = p.add_region("a", MiB, MemKind.RAM)
+    b = p.add_region("b", MiB, MemKind.DEVICE)
+    idx = p.region_indices(make_ranges([b.base, a.base + 10, b.base + 5], [1, 2, 0]))
+    assert idx.tolist() == [1, 0]                  # empty ranges are skipped
+    with pytest.raises(IommuFault):
+        p.region_indices(make_ranges([a.end - 1], [2]))

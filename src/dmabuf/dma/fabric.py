@@ -27,7 +27,7 @@ __all__ = ["P2PFabric", "PciP2pdmaMapType"]
 
 
 class PciP2pdmaMapType(enum.IntEnum):
-    """How a peer-to-peer transfer between two PCI functions is routed — ``enum pci_p2pdma_map_type``.
+    """How a P2P transfer between two PCI functions is routed — ``enum pci_p2pdma_map_type``.
 
     Values are the kernel's (include/linux/pci-p2pdma.h since the 2025 phys-addr DMA API series;
     before that the enum lived in include/linux/dma-map-ops.h). The model targets Linux 7.1, which
@@ -65,11 +65,13 @@ class P2PFabric(Protocol):
     """
 
     def p2p_map_type(self, provider: str, client: str) -> PciP2pdmaMapType:
-        """Return the cached P2P routing decision for (provider, client) — ``pci_p2pdma_map_type()``.
+        """Return the cached P2P decision for (provider, client) — ``pci_p2pdma_map_type()``.
 
         Args:
             provider: BDF of the device whose BAR memory is the DMA target (the p2pmem provider).
-            client: BDF of the device that performs the DMA.
+            client: BDF of the device that performs the DMA. A device that is not a PCI function
+                of the fabric (a platform device) gets ``NOT_SUPPORTED``, as the kernel's
+                ``!dev_is_pci(dev)`` check.
 
         Context:
             Never blocks. The first query for a pair computes it with ``calc_map_type_and_dist()``
@@ -82,7 +84,7 @@ class P2PFabric(Protocol):
             ``pci_p2pdma_add_resource()``), as the kernel does.
 
         Raises:
-            DmaBufError(ENODEV): a BDF is not in the topology.
+            DmaBufError(ENODEV): the provider is not in the topology.
 
         Kernel: drivers/pci/p2pdma.c, pci_p2pdma_map_type().
         """
@@ -100,9 +102,16 @@ class P2PFabric(Protocol):
         Context:
             Never blocks; O(log n) in the number of provider BARs.
 
+        A provider is any MEM BAR of a device whose p2pdma state exists (``pcim_p2pdma_init()``
+        — the whole-BAR ``p2pdma_provider`` API used by dma-buf exporters such as vfio-pci — or
+        ``pci_p2pdma_add_resource()``, which calls it).
+
         Returns:
             ``(provider_bdf, bus_offset)`` with ``bus_addr = paddr - bus_offset``, or ``None`` if
-            the address is not in memory registered with ``pci_p2pdma_add_resource()``.
+            the address is in no provider's BAR. NB: this ``bus_offset`` is ``cpu - bus``, the
+            *negation* of the kernel's ``p2pdma_provider.bus_offset`` (kernel:
+            ``bus = paddr + bus_offset``, ``pci_p2pdma_bus_addr_map()``); the sign was fixed by
+            the issue's interface. It is 0 on x86.
 
         Kernel: drivers/pci/p2pdma.c, struct pci_p2pdma_pagemap (provider, bus_offset);
         include/linux/memremap.h, is_pci_p2pdma_page().

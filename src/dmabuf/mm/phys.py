@@ -34,6 +34,7 @@ Kernel: mm/page_alloc.c (__alloc_pages, free_pages), mm/memblock.c, include/linu
 
 from __future__ import annotations
 
+import bisect
 import enum
 import errno
 import mmap
@@ -116,7 +117,8 @@ class PhysRegion:
     Kernel: include/linux/ioport.h (struct resource), include/linux/mmzone.h (struct zone).
     """
 
-    def __init__(self, name: str, kind: MemKind, base: int, size: int, numa_node: int) -> None:
+    def __init__(self, name: str, kind: MemKind, base: int, size: int, numa_node: int,
+                 hugepages: bool = True) -> None:
         self.name = name
         self.kind = kind
         self.base = base
@@ -124,6 +126,13 @@ class PhysRegion:
         self.numa_node = numa_node
         self._mmap = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
                                | _MAP_NORESERVE)
+        if hugepages and hasattr(mmap, "MADV_HUGEPAGE"):
+            # Transparent huge pages where the host allows them: copies run at np.copyto speed
+            # (fewer TLB misses). Still sparse: untouched 2 MiB blocks cost nothing.
+            try:
+                self._mmap.madvise(mmap.MADV_HUGEPAGE)
+            except OSError:
+                pass
         self.backing: np.ndarray = np.frombuffer(self._mmap, dtype=np.uint8)
         # np.zeros uses calloc: pages of the owner table are not touched until written either.
         self.owner: np.ndarray = np.zeros(size >> PAGE_SHIFT, dtype=np.int32)
@@ -200,22 +209,32 @@ class PhysMemory:
     the ownership and poisoning rules.
 
     Args:
+        machine: optional owning :class:`~dmabuf.machine.Machine` (so that
+            ``machine.state(PhysMemory)`` gives one physical memory per machine).
         poison_on_free: write ``POISON_FREE`` over freed pages (default True, as with
             ``page_poison=1``). Turning it off keeps freed memory untouched (cheaper for huge
             benchmark buffers) but the owner is still set to ``OWNER_POISON``.
+        hugepages: ask for transparent huge pages on the backing (``MADV_HUGEPAGE``): faster
+            copies; a touched byte then costs up to 2 MiB of RSS instead of 4 KiB.
 
     Kernel: mm/memblock.c, mm/page_alloc.c.
     """
 
-    def __init__(self, *, poison_on_free: bool = True) -> None:
+    def __init__(self, machine: Any = None, *, poison_on_free: bool = True,
+                 hugepages: bool = True) -> None:
         self._regions: list[PhysRegion] = []
         self._by_name: dict[str, PhysRegion] = {}
         self._bases = np.zeros(0, dtype=np.uint64)
         self._ends = np.zeros(0, dtype=np.uint64)
+        self._base_list: list[int] = []
         self._owner_labels: dict[int, str] = {}
         self._next_owner = 1
         self._lock = threading.Lock()
         self.poison_on_free = poison_on_free
+        self.hugepages = hugepages
+        #: The machine this memory belongs to (``machine.state(PhysMemory)`` passes it); unused
+        #: by the allocator itself.
+        self.machine = machine
 
     # ------------------------------------------------------------------ regions
 
@@ -275,7 +294,7 @@ class PhysMemory:
                                       f"{r.name!r} [{r.base:#x}, {r.end:#x}); choose another "
                                       "base or let add_region pick one (base=None)")
             try:
-                region = PhysRegion(name, kind, base, size, numa_node)
+                region = PhysRegion(name, kind, base, size, numa_node, self.hugepages)
             except (OSError, OverflowError, ValueError) as e:
                 raise DmaBufError(errno.ENOMEM, f"cannot back region {name!r} of {size:#x} "
                                   f"bytes: {e}") from e
@@ -284,6 +303,7 @@ class PhysMemory:
             self._by_name[name] = region
             self._bases = np.array([r.base for r in self._regions], dtype=np.uint64)
             self._ends = np.array([r.end for r in self._regions], dtype=np.uint64)
+            self._base_list = [r.base for r in self._regions]
         return region
 
     def region(self, name: str) -> PhysRegion:
@@ -309,12 +329,21 @@ class PhysMemory:
         Raises:
             IommuFault (EFAULT): no region contains ``paddr`` (a DMA there would hit nothing).
         """
-        paddr = _check_int(paddr, "paddr")
-        i = int(np.searchsorted(self._bases, np.uint64(max(paddr, 0)), side="right")) - 1
-        if paddr < 0 or i < 0 or paddr >= int(self._ends[i]):
+        if type(paddr) is not int:
+            paddr = _check_int(paddr, "paddr")
+        i = bisect.bisect_right(self._base_list, paddr) - 1
+        if paddr < 0 or i < 0 or paddr >= self._regions[i].end:
             raise IommuFault(f"physical address {paddr:#x} is not in any memory region",
                              dma_addr=paddr)
         return self._regions[i]
+
+    def region_indices(self, ranges: Any) -> np.ndarray:
+        """Index into :attr:`regions` of every non-empty range (vectorised ``region_at``).
+
+        Raises:
+            IommuFault (EFAULT): a range is not inside one region.
+        """
+        return self._locate(ranges).region.copy()
 
     # ------------------------------------------------------------------ owners
 
@@ -356,6 +385,14 @@ class PhysMemory:
     def _locate(self, ranges: Any) -> _Located:
         """Resolve every non-empty range to its region; fault if any is outside all regions."""
         r = as_ranges(ranges)
+        if r.size == 1:
+            a0, n0 = r.tolist()[0]
+            if n0:
+                i = bisect.bisect_right(self._base_list, a0) - 1
+                if i >= 0 and a0 + n0 <= self._regions[i].end:
+                    return _Located(np.array([i], dtype=np.int64),
+                                    np.array([a0 - self._regions[i].base], dtype=np.uint64),
+                                    r["len"].copy(), r["addr"].copy())
         r = r[r["len"] != 0]
         addr = r["addr"]
         length = r["len"]
@@ -509,7 +546,7 @@ class PhysMemory:
                 value: int) -> None:
         """Set the owner of pages ``[starts, starts + counts)`` (region page indices)."""
         total = int(counts.sum())
-        if starts.size <= 16 or total > _EXPAND_LIMIT:
+        if starts.size <= 16 or total > _EXPAND_LIMIT or total >= 64 * starts.size:
             for s, c in zip(starts.tolist(), counts.tolist(), strict=True):
                 region.owner[s:s + c] = value
         else:
@@ -572,7 +609,7 @@ class PhysMemory:
 
         bad_page = -1
         bad_val = 0
-        if first.size <= 16 or total > _EXPAND_LIMIT:
+        if first.size <= 16 or total > _EXPAND_LIMIT or total >= 64 * first.size:
             for s, c in zip(first.tolist(), count.tolist(), strict=True):
                 vals = region.owner[s:s + c]
                 m = bad_mask(vals)
@@ -673,8 +710,10 @@ class PhysMemory:
             DmaBufError(EINVAL): negative length.
             IommuFault (EFAULT): the range is not inside one region.
         """
-        paddr = _check_int(paddr, "paddr")
-        length = _check_int(length, "length")
+        if type(paddr) is not int:
+            paddr = _check_int(paddr, "paddr")
+        if type(length) is not int:
+            length = _check_int(length, "length")
         if length < 0:
             raise DmaBufError(errno.EINVAL, "view: length must be >= 0")
         region = self.region_at(paddr)

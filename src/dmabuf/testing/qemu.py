@@ -65,6 +65,7 @@ __all__ = [
     "P2PCaseRun",
     "QemuUnavailable",
     "boot",
+    "build_p2p_initrd",
     "build_uapi_initrd",
     "cache_dir",
     "find_qemu",
@@ -690,7 +691,7 @@ def parse_result_line(line: str) -> dict[str, str | int]:
     return out
 
 
-def _p2p_initrd(kit: Path) -> Path:
+def build_p2p_initrd(kit: Path) -> Path:
     """Build the kit's oracle initramfs once (``scripts/make-initrd.sh``), cached by content."""
     scripts = kit / "scripts"
     h = hashlib.sha256(_HARNESS_VERSION.encode())
@@ -704,7 +705,8 @@ def _p2p_initrd(kit: Path) -> Path:
             Path(p).exists() for p in ("/usr/lib/x86_64-linux-gnu/libc.a", "/usr/lib64/libc.a",
                                        "/usr/lib/libc.a")):
         raise QemuUnavailable("building the P2P oracle initramfs needs gcc and a static glibc "
-                              "(apt-get install gcc libc6-dev)")
+                              "(apt-get install gcc libc6-dev, or run .ci/install-qemu.sh)")
+    _tool("cpio", "cpio")
     kernel = prepare_debian_kernel()  # for its busybox (and the shared cache)
     with _cache_lock(cache):
         if out.exists():
@@ -712,6 +714,10 @@ def _p2p_initrd(kit: Path) -> Path:
         tmp = out.with_suffix(".tmp")
         _run(["sh", str(scripts / "make-initrd.sh"), str(tmp)],
              env={**os.environ, "BUSYBOX": str(kernel.busybox)}, timeout=300)
+        if tmp.stat().st_size < 100_000:  # the script pipes cpio into gzip: errors vanish
+            tmp.unlink()
+            raise QemuUnavailable(f"{scripts / 'make-initrd.sh'} produced an almost empty "
+                                  "initramfs (is cpio installed?)")
         tmp.replace(out)
     return out
 
@@ -747,7 +753,7 @@ def run_p2p_case(case: str, out_dir: Path, *, timeout: float = 120.0) -> P2PCase
     image = kit / "bzImage-6.12-p2pdma"
     if not (image.exists() and (kit / "scripts" / "run-case.sh").exists()):
         raise QemuUnavailable(f"P2P oracle kit not found at {kit} (set PYDMABUF_P2P_KIT)")
-    initrd = _p2p_initrd(kit)
+    initrd = build_p2p_initrd(kit)
     out_dir = out_dir.resolve()
     work = out_dir / "kit"
     if work.exists():

@@ -1,0 +1,34 @@
+"""Smoke test: the buf_repr benchmarks run in quick mode and report finite, positive figures."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+
+from dmabuf.bench import BenchResult
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_buf_repr.py"
+
+
+def _load() -> object:
+    spec = importlib.util.spec_from_file_location("_bench_buf_repr_smoke", BENCH)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("fn", ["bench_dma_copy", "bench_ranges"])
+def test_buf_repr_benchmark_quick(fn: str) -> None:
+    mod = _load()
+    out = getattr(mod, fn)(True)
+    results = out if isinstance(out, list) else [out]
+    assert len(results) == 2
+    for r in results:
+        assert isinstance(r, BenchResult)
+        for v in (r.figure, r.baseline, r.ratio):
+            assert math.isfinite(v) and v > 0, r
+        assert r.name.startswith("buf_repr.")
