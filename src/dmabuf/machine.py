@@ -113,7 +113,10 @@ class Machine:
 
     # per-layer state --------------------------------------------------------------------------
     def state(self, cls: type[S], factory: Callable[[Machine], S] | None = None) -> S:
-        """The per-machine instance of a higher layer's state class (created on first use)."""
+        """The per-machine instance of a higher layer's state class (created on first use).
+
+        The factory runs under a raw lock: it must not block or reach a scheduling point.
+        """
         try:
             return self._state[cls]  # type: ignore[no-any-return]
         except KeyError:

@@ -102,6 +102,8 @@ class Task(Protocol):
     """A thread started with :meth:`Scheduler.spawn`."""
 
     name: str
+    #: The OS thread running the task (for per-thread state such as pending interrupts).
+    thread: threading.Thread | None
 
     @property
     def done(self) -> bool: ...
@@ -157,6 +159,7 @@ class _FreeTask:
         ctx = contextvars.copy_context()
         self._thread = threading.Thread(target=ctx.run, args=(self._body, fn, args), name=name,
                                         daemon=True)
+        self.thread: threading.Thread | None = self._thread
         self._thread.start()
 
     def _body(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:

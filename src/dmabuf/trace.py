@@ -34,31 +34,33 @@ class TraceBus:
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
-        self._listeners: list[Callable[[TraceEvent], None]] = []
+        #: The listeners. Hot paths test ``if bus.listeners:`` before building an event's
+        #: fields; never mutate it directly (use :meth:`subscribe`).
+        self.listeners: list[Callable[[TraceEvent], None]] = []
         self._lock = threading.Lock()
 
     @property
     def active(self) -> bool:
         """True when somebody listens (callers may skip building expensive fields otherwise)."""
-        return bool(self._listeners)
+        return bool(self.listeners)
 
     def emit(self, name: str, **fields: Any) -> None:
         """Send one event to every listener (nothing happens when nobody listens)."""
-        if not self._listeners:
+        if not self.listeners:
             return
         ev = TraceEvent(name, self._clock(), threading.current_thread().name, fields)
-        for fn in list(self._listeners):
+        for fn in list(self.listeners):
             fn(ev)
 
     def subscribe(self, fn: Callable[[TraceEvent], None]) -> Callable[[], None]:
         """Add a listener; returns a function that removes it."""
         with self._lock:
-            self._listeners.append(fn)
+            self.listeners.append(fn)
 
         def unsubscribe() -> None:
             with self._lock:
-                if fn in self._listeners:
-                    self._listeners.remove(fn)
+                if fn in self.listeners:
+                    self.listeners.remove(fn)
 
         return unsubscribe
 

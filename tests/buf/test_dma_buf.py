@@ -4,14 +4,14 @@ mmap, vmap, iteration — behaviour beyond the errno table (test_dma_buf_errnos.
 from __future__ import annotations
 
 import errno
-
-import numpy as np
-import pytest
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 sys.path.insert(0, str(Path(__file__).parent))
-from dmabuf_mocks import BIDI, MiB, DynamicMockExporter, MockExporter, MockImporter, make_phys  # noqa: E402
+from dmabuf_mocks import BIDI, DynamicMockExporter, MiB, MockExporter, MockImporter, make_phys
 
 from dmabuf.buf.device import DirectDev, DmaDataDirection
 from dmabuf.buf.dma_buf import (
@@ -126,6 +126,15 @@ def test_ops_by_keyword_and_provides(machine: Machine) -> None:
     with pytest.raises(ValueError):
         ops.provides("cache_sgt_mapping")   # gone since 6.15
 
+    class NoSuperInit(DmaBufOps):
+        def __init__(self) -> None:         # forgets super().__init__()
+            self.x = 1
+
+        def release(self, b):
+            pass
+
+    assert NoSuperInit().provides("release") and not NoSuperInit().provides("pin")
+
 
 # -- file references, fds ----------------------------------------------------------------------
 
@@ -156,9 +165,8 @@ def test_fd_in_other_process_and_dup(machine: Machine, phys) -> None:
     with child:
         assert dma_buf_get(cfd) is b
         b.put()
-    with pytest.raises(DmaBufError) as ei:
-        with child:
-            dma_buf_get(fd + 7)
+    with pytest.raises(DmaBufError) as ei, child:
+        dma_buf_get(fd + 7)
     assert ei.value.errno == errno.EBADF
     d = current_process().fds.dup(fd)
     assert b.file.count == 3
@@ -260,6 +268,10 @@ def test_move_notify_alias_and_revocable_matrix(machine: Machine, phys) -> None:
         def move_notify(self, attach):
             calls.append("sub")
 
+    class SubSub(Sub):
+        pass
+
+    assert SubSub().has_invalidate_mappings            # an inherited override counts
     sub = b.dynamic_attach(DirectDev("x", phys), Sub())
     assert [dma_buf_attach_revocable(a) for a in (static, pinned_only, legacy, sub)] == \
         [False, False, True, True]
@@ -639,3 +651,26 @@ def test_dma_engine_roundtrip_through_the_protocol(machine: Machine, phys) -> No
     assert np.array_equal(imp.read(MiB, e.owner), data)
     imp.release()
     b.put()
+
+
+def test_trace_events_of_a_session(machine: Machine, phys) -> None:
+    e = DynamicMockExporter(phys)
+    with machine.trace.record("dma_buf") as events:
+        b = e.export()
+        a = b.dynamic_attach(DirectDev("nic", phys), DmaBufAttachOps(
+            invalidate_mappings=lambda at: None))
+        b.resv.lock(None)
+        a.pin()
+        t = a.map(BIDI)
+        b.invalidate_mappings()
+        a.unmap(t, BIDI)
+        a.unpin()
+        b.resv.unlock()
+        a.detach()
+        b.put()
+    assert [ev.name for ev in events] == [
+        "dma_buf_export", "dma_buf_attach", "dma_buf_pin", "dma_buf_map_attachment",
+        "dma_buf_invalidate_mappings", "dma_buf_unmap_attachment", "dma_buf_unpin",
+        "dma_buf_detach", "dma_buf_release"]
+    assert events[3].fields == {"ino": b.ino, "dev": "nic", "direction": "BIDIRECTIONAL",
+                                "nbytes": MiB}

@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from dmabuf_mocks import BIDI, MiB, DynamicMockExporter, MockExporter, make_phys  # noqa: E402
+from dmabuf_mocks import BIDI, DynamicMockExporter, MiB, MockExporter, make_phys
 
-from dmabuf.buf import dma_buf as D  # noqa: E402
-from dmabuf.buf.device import DirectDev  # noqa: E402
-from dmabuf.buf.dma_buf import DmaBufAttachOps, DmaBufExportInfo, DmaBufOps, ExporterModule, Vma  # noqa: E402,E501
-from dmabuf.buf.dma_buf_file import (  # noqa: E402
+from dmabuf.buf import dma_buf as D
+from dmabuf.buf.device import DirectDev
+from dmabuf.buf.dma_buf import DmaBufAttachOps, DmaBufExportInfo, DmaBufOps, ExporterModule, Vma
+from dmabuf.buf.dma_buf_file import (
     DMA_BUF_IOCTL_EXPORT_SYNC_FILE,
     DMA_BUF_IOCTL_IMPORT_SYNC_FILE,
     DMA_BUF_IOCTL_SYNC,
@@ -33,7 +33,7 @@ from dmabuf.buf.dma_buf_file import (  # noqa: E402
     DmaBufImportSyncFileArg,
     install_sync_file,
 )
-from dmabuf.buf.file import (  # noqa: E402
+from dmabuf.buf.file import (
     SEEK_CUR,
     SEEK_END,
     SEEK_SET,
@@ -42,13 +42,13 @@ from dmabuf.buf.file import (  # noqa: E402
     ProcessTable,
     current_process,
 )
-from dmabuf.buf.revoke import Revoker  # noqa: E402
-from dmabuf.errors import ERESTARTSYS, DmaBufError  # noqa: E402
-from dmabuf.machine import Machine  # noqa: E402
-from dmabuf.mm.phys import PAGE_SIZE  # noqa: E402
-from dmabuf.sync.dma_fence import DmaFence, DmaFenceOps, Interrupts, dma_fence_get_stub  # noqa: E402,E501
-from dmabuf.sync.dma_resv import DmaResvUsage  # noqa: E402
-from dmabuf.sync.sync_file import SyncFile  # noqa: E402
+from dmabuf.buf.revoke import Revoker
+from dmabuf.errors import ERESTARTSYS, DmaBufError
+from dmabuf.machine import Machine
+from dmabuf.mm.phys import PAGE_SIZE
+from dmabuf.sync.dma_fence import DmaFence, DmaFenceOps, Interrupts, dma_fence_get_stub
+from dmabuf.sync.dma_resv import DmaResvUsage
+from dmabuf.sync.sync_file import SyncFile
 
 
 @dataclass

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from dmabuf_mocks import MiB, MockExporter, make_phys  # noqa: E402
+from dmabuf_mocks import MiB, MockExporter, make_phys
 
-from dmabuf.buf.device import DirectDev  # noqa: E402
-from dmabuf.buf.dma_buf import dma_buf_get  # noqa: E402
-from dmabuf.buf.dma_buf_file import (  # noqa: E402
+from dmabuf.buf.device import DirectDev
+from dmabuf.buf.dma_buf import dma_buf_get
+from dmabuf.buf.dma_buf_file import (
     DMA_BUF_IOCTL_EXPORT_SYNC_FILE,
     DMA_BUF_IOCTL_IMPORT_SYNC_FILE,
     DMA_BUF_IOCTL_SYNC,
@@ -34,7 +34,7 @@ from dmabuf.buf.dma_buf_file import (  # noqa: E402
     install_sync_file,
     sync_file_get_fence,
 )
-from dmabuf.buf.file import (  # noqa: E402
+from dmabuf.buf.file import (
     EPOLLIN,
     EPOLLOUT,
     O_CLOEXEC,
@@ -44,13 +44,13 @@ from dmabuf.buf.file import (  # noqa: E402
     current_process,
     flush_delayed_fput,
 )
-from dmabuf.errors import DmaBufError  # noqa: E402
-from dmabuf.machine import Machine  # noqa: E402
-from dmabuf.sync.dma_fence import DmaFence, DmaFenceOps  # noqa: E402
-from dmabuf.sync.dma_fence_array import dma_fence_array_create  # noqa: E402
-from dmabuf.sync.dma_resv import DmaResv, DmaResvUsage  # noqa: E402
-from dmabuf.sync.sw_sync import SwSyncTimeline  # noqa: E402
-from dmabuf.sync.sync_file import SyncFile  # noqa: E402
+from dmabuf.errors import DmaBufError
+from dmabuf.machine import Machine
+from dmabuf.sync.dma_fence import DmaFence, DmaFenceOps
+from dmabuf.sync.dma_fence_array import dma_fence_array_create
+from dmabuf.sync.dma_resv import DmaResv, DmaResvUsage
+from dmabuf.sync.sw_sync import SwSyncTimeline
+from dmabuf.sync.sync_file import SyncFile
 
 FOPS = DmaFenceOps("test", "tl")
 
@@ -293,7 +293,7 @@ def test_get_on_a_sync_file_fd_is_einval(machine: Machine, phys) -> None:
     tl.inc(1)
 
 
-# -- bufinfo -----------------------------------------------------------------------------------------
+# -- bufinfo -------------------------------------------------------------------------------------
 
 
 def test_bufinfo_exact_text(machine: Machine, phys) -> None:
@@ -326,3 +326,31 @@ def test_bufinfo_exact_text(machine: Machine, phys) -> None:
     b1.put()
     b2.put()
     assert dma_buf_bufinfo(machine).endswith("\nTotal 0 objects, 0 bytes\n")
+
+
+# -- the fd table ---------------------------------------------------------------------------------
+
+
+def test_fd_table_rules(machine: Machine, phys) -> None:
+    from dmabuf.buf.file import ProcessTable
+    p = machine.state(ProcessTable).spawn("app", max_fds=8)
+    bs = [MockExporter(phys).export() for _ in range(3)]
+    with p:
+        fds = [b.fd() for b in bs]
+        assert fds == [3, 4, 5] and p.fds.fds() == [3, 4, 5]
+        p.fds.close(4)
+        with pytest.raises(DmaBufError) as ei:
+            p.fds.close(4)
+        assert ei.value.errno == errno.EBADF
+        assert bs[1].released                          # the fd held the only reference
+        again = bs[0].get().fd(O_CLOEXEC)
+        assert again == 4 and p.fds.is_cloexec(4)      # lowest free number is reused
+        assert "flags:\t02000002\n" in p.fds.fdinfo(4)
+        with pytest.raises(DmaBufError) as ei:
+            p.fds.fdinfo(99)
+        assert ei.value.errno == errno.EBADF
+        f = p.fds.fget(3)
+        assert f.count == 3
+        f.put()
+    p.exit()
+    assert p.fds.fds() == [] and bs[0].released and bs[2].released

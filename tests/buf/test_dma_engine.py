@@ -75,9 +75,8 @@ def test_use_after_free_faults_and_is_logged(machine: Machine, pm: PhysMemory) -
     eng.write(t, b"x" * 100, owner=own)
     pm.free(pages)                                  # the exporter freed the buffer
     before = pm.read(pages).copy()
-    with machine.trace.record("dma_fault") as events:
-        with pytest.raises(IommuFault) as e:
-            eng.write(t, b"y" * 100, owner=own)
+    with machine.trace.record("dma_fault") as events, pytest.raises(IommuFault) as e:
+        eng.write(t, b"y" * 100, owner=own)
     assert e.value.errno == errno.EFAULT and e.value.device == "nic0"
     assert "poisoned" in str(e.value) and "not by 'victim'" in str(e.value)
     assert np.array_equal(pm.read(pages), before)    # a faulting DMA moves no bytes

@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from dmabuf_mocks import BIDI, MiB, DynamicMockExporter, make_phys  # noqa: E402
+from dmabuf_mocks import BIDI, DynamicMockExporter, MiB, make_phys
 
-import dmabuf.buf.dma_buf as dma_buf_mod  # noqa: E402
-from dmabuf.buf import dma_buf_file, locking  # noqa: E402
-from dmabuf.buf.device import DirectDev  # noqa: E402
-from dmabuf.buf.dma_buf import (  # noqa: E402
+import dmabuf.buf.dma_buf as dma_buf_mod
+from dmabuf.buf import dma_buf_file, locking
+from dmabuf.buf.device import DirectDev
+from dmabuf.buf.dma_buf import (
     DmaBuf,
     DmaBufAttachment,
     DmaBufAttachOps,
@@ -31,20 +31,20 @@ from dmabuf.buf.dma_buf import (  # noqa: E402
     DmaBufOps,
     Vma,
 )
-from dmabuf.buf.dma_buf_file import (  # noqa: E402
+from dmabuf.buf.dma_buf_file import (
     DMA_BUF_SYNC_READ,
     DmaBufFileOps,
     dma_buf_bufinfo,
     install_sync_file,
 )
-from dmabuf.buf.file import EPOLLIN, current_process  # noqa: E402
-from dmabuf.buf.locking import LOCKING_CONVENTION, LockingRule, ResvRule  # noqa: E402
-from dmabuf.buf.revoke import Revoker  # noqa: E402
-from dmabuf.errors import ContractViolation  # noqa: E402
-from dmabuf.machine import Machine  # noqa: E402
-from dmabuf.mm.phys import PAGE_SIZE  # noqa: E402
-from dmabuf.sync.dma_fence import dma_fence_get_stub  # noqa: E402
-from dmabuf.sync.sync_file import SyncFile  # noqa: E402
+from dmabuf.buf.file import EPOLLIN, current_process
+from dmabuf.buf.locking import LOCKING_CONVENTION, LockingRule, ResvRule
+from dmabuf.buf.revoke import Revoker
+from dmabuf.errors import ContractViolation
+from dmabuf.machine import Machine
+from dmabuf.mm.phys import PAGE_SIZE
+from dmabuf.sync.dma_fence import dma_fence_get_stub
+from dmabuf.sync.sync_file import SyncFile
 
 # The kernel's DOC block, transcribed (drivers/dma-buf/dma-buf.c, v7.1 names).
 KERNEL_DOC = {

@@ -12,9 +12,9 @@ from dmabuf.buf.dma_buf import DmaBufAttachOps, DmaBufExportInfo, DmaBufOps, dma
 from dmabuf.buf.mapping_type import (
     MAPPING_PAL,
     MAPPING_SGT,
-    DmaBufMatchArgs,
     DmaBufMappingMatch,
     DmaBufMappingType,
+    DmaBufMatchArgs,
     DmaSgtP2p,
     MappingTypeConfig,
     PalExpOps,

@@ -129,3 +129,40 @@ def test_describe_and_repr() -> None:
                  "last": (0x1000, 0x1000)}
     assert "2 more" in repr(pv)
     assert PhysVec().describe()["first"] is None
+
+
+def test_phys_view_gathers_and_scatters() -> None:
+    from dmabuf.buf.phys_vec import PhysView
+    from dmabuf.errors import ContractViolation
+    from dmabuf.mm import MemKind, PhysMemory
+
+    pm = PhysMemory()
+    ram = pm.add_region("ram0", 1 << 20, MemKind.RAM)
+    pages = PhysVec([(ram.base + 5 * PAGE_SIZE, PAGE_SIZE), (ram.base, PAGE_SIZE)])
+    v = PhysView(pm, pages)
+    assert len(v) == 2 * PAGE_SIZE and v.array is None          # two pieces: no flat view
+    v[PAGE_SIZE - 2:PAGE_SIZE + 2] = b"ABCD"                     # straddles the two pages
+    assert pm.read(make_ranges([ram.base + 6 * PAGE_SIZE - 2], [2])).tobytes() == b"AB"
+    assert pm.read(make_ranges([ram.base], [2])).tobytes() == b"CD"
+    assert v[PAGE_SIZE - 1] == ord("B") and v[-2 * PAGE_SIZE + PAGE_SIZE] == ord("C")
+    assert v[PAGE_SIZE - 2:PAGE_SIZE + 2].tobytes() == b"ABCD"
+    v[0:4] = 7
+    assert v.read(0, 4).tolist() == [7, 7, 7, 7]
+    v.fill(1, 8, 8)
+    assert v.read(7, 10).tolist() == [0] + [1] * 8 + [0]
+    with pytest.raises(DmaBufError) as e:
+        v.read(2 * PAGE_SIZE - 1, 2)
+    assert e.value.errno == errno.EFAULT
+    with pytest.raises(ValueError):
+        v[0:4] = b"toolong"
+    with pytest.raises(ValueError):
+        v[0:8:2]
+    one = PhysView(pm, PhysVec([(ram.base, 2 * PAGE_SIZE)]), writable=False)
+    arr = one.array
+    assert arr is not None and arr.size == 2 * PAGE_SIZE and not arr.flags.writeable
+    assert arr[2] == 0 and one.tobytes()[:2] == b"CD"
+    with pytest.raises(DmaBufError):
+        one.write(0, b"x")
+    v.close()
+    with pytest.raises(ContractViolation):
+        v.read(0, 1)

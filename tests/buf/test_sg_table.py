@@ -62,6 +62,9 @@ def test_from_pages_max_segment_like_the_kernel() -> None:
     # Default max_segment UINT_MAX rounds down to 0xfffff000: 8 GiB contiguous -> 3 entries.
     big = SgTable.from_pages(make_ranges([1 << 40], [8 * GiB]))
     assert big.cpu_ranges()["len"].tolist() == [0xFFFFF000, 0xFFFFF000, 8 * GiB - 2 * 0xFFFFF000]
+    # amdgpu's AMDGPU_MAX_SG_SEGMENT_SIZE: 2 GiB entries.
+    amd = SgTable.from_pages(make_ranges([1 << 40], [5 * GiB]), max_segment=2 * GiB)
+    assert amd.cpu_ranges()["len"].tolist() == [2 * GiB, 2 * GiB, GiB]
     with pytest.raises(DmaBufError) as e:
         SgTable.from_pages(make_ranges([p], [PAGE_SIZE]), max_segment=PAGE_SIZE - 1)
     assert e.value.errno == errno.EINVAL
@@ -71,7 +74,7 @@ def test_from_pages_offset_and_size() -> None:
     p = 0x4000_0000
     t = SgTable.from_pages(_pages([p, p + 0x1000, p + 0x8000]), offset=0x10, size=0x2000)
     assert t.cpu_ranges().tolist() == [(p + 0x10, 0x1FF0), (p + 0x8000, 0x10)]
-    assert list(t.for_each_sg())[0] == (p, 0x10, 0x1FF0)
+    assert next(iter(t.for_each_sg())) == (p, 0x10, 0x1FF0)
     assert t.size == 0x2000
     # A size ending inside the first chunk drops the later chunks.
     t2 = SgTable.from_pages(_pages([p, p + 0x8000]), size=100)

@@ -25,9 +25,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "buf"))
-from dmabuf_mocks import MockExporter, make_phys  # noqa: E402
+from dmabuf_mocks import MockExporter, make_phys
 
-from dmabuf.buf.dma_buf_file import (  # noqa: E402
+from dmabuf.buf.dma_buf_file import (
     DMA_BUF_IOCTL_EXPORT_SYNC_FILE,
     DMA_BUF_IOCTL_IMPORT_SYNC_FILE,
     DMA_BUF_SYNC_READ,
@@ -38,12 +38,12 @@ from dmabuf.buf.dma_buf_file import (  # noqa: E402
     dma_buf_poll_wait,
     install_sync_file,
 )
-from dmabuf.buf.file import EPOLLIN, EPOLLOUT, current_process  # noqa: E402
-from dmabuf.machine import Machine  # noqa: E402
-from dmabuf.mm.phys import PAGE_SIZE  # noqa: E402
-from dmabuf.sync.dma_fence import DmaFence, DmaFenceOps  # noqa: E402
-from dmabuf.sync.dma_resv import DmaResvUsage  # noqa: E402
-from dmabuf.sync.sw_sync import SwSyncTimeline  # noqa: E402
+from dmabuf.buf.file import EPOLLIN, EPOLLOUT, current_process
+from dmabuf.machine import Machine
+from dmabuf.mm.phys import PAGE_SIZE
+from dmabuf.sync.dma_fence import DmaFence, DmaFenceOps
+from dmabuf.sync.dma_resv import DmaResvUsage
+from dmabuf.sync.sw_sync import SwSyncTimeline
 
 VGEM_FENCE_WRITE = 0x1
 _VGEM_OPS = DmaFenceOps("vgem", "file")

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "buf"))
-from dmabuf_mocks import MiB, MockExporter, make_phys  # noqa: E402
+from dmabuf_mocks import MiB, MockExporter, make_phys
 
-from dmabuf.buf.dma_buf import dma_buf_get  # noqa: E402
-from dmabuf.buf.file import SEEK_END, SEEK_SET, current_process  # noqa: E402
-from dmabuf.errors import DmaBufError  # noqa: E402
-from dmabuf.machine import Machine  # noqa: E402
+from dmabuf.buf.dma_buf import dma_buf_get
+from dmabuf.buf.file import SEEK_END, SEEK_SET, current_process
+from dmabuf.errors import DmaBufError
+from dmabuf.machine import Machine
 
 BO_SIZE = 65536
 

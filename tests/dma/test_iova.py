@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import itertools
 
 import pytest
 from hypothesis import given, settings
@@ -143,12 +144,34 @@ def test_random_alloc_free_keeps_invariants(ops: list[tuple[bool, int, int]]) ->
                 continue
             align = 1 << (size - 1).bit_length()
             assert got.pfn_lo % align == 0 and got.size == size
-            assert 1 <= got.pfn_lo and got.pfn_hi <= limit
+            assert got.pfn_lo >= 1 and got.pfn_hi <= limit
             live.append(got)
         else:
             victim = live.pop(pick % len(live))
             assert d.free_iova(victim.pfn_lo) == victim
         nodes = d.ranges()
-        for a, b in zip(nodes, nodes[1:], strict=False):
+        for a, b in itertools.pairwise(nodes):
             assert a.pfn_hi < b.pfn_lo                    # no overlap, sorted
         assert sorted(n.pfn_lo for n in nodes) == sorted(n.pfn_lo for n in live)
+
+
+def test_pci_windows_are_reserved_in_the_iova_space(rig: Rig) -> None:
+    from dmabuf.dma import dma_map_phys_ranges
+    from dmabuf.mm import MemKind
+
+    dom = rig.domain()
+    dev = rig.device(NIC, dom)
+    # a BAR right below 4 GiB, where the 32-bit IOVAs would go first
+    low = rig.pm.add_region("low BAR", 16 << 20, MemKind.MMIO, base=0xF000_0000)
+    o = rig.pm.new_owner("b")
+    buf = rig.pm.alloc(rig.ram, 64 << 20, o, contiguous=True)
+    m = dma_map_phys_ranges(dev, buf, DmaDataDirection.DMA_TO_DEVICE)
+    assert m.iova is not None
+    start, size = m.iova
+    assert start + size <= low.base or start >= low.end
+    assert dom.iovad is not None
+    resv = [(n.pfn_lo, n.pfn_hi) for n in dom.iovad.ranges() if n.reserved]
+    assert (low.base >> 12, (low.end - 1) >> 12) in resv
+    # the GPU BAR window is reserved at its bus address (paddr - bus_offset)
+    bus = rig.bar.base - rig.bus_offset
+    assert any(lo <= bus >> 12 <= hi for lo, hi in resv)

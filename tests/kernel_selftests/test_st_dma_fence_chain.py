@@ -220,7 +220,7 @@ def _find_race_worker(fc: FenceChains, rng: random.Random, should_stop: Callable
 def test_find_race(machine: Machine) -> None:
     """st-dma-fence-chain.c, test_find_race(): concurrent find_seqno while fences signal.
 
-    Free mode: 2 threads (the machine has 2 CPUs) on a 4096-node chain for 1 s. Controlled
+    Free mode: 2 threads (kernel: one per online CPU) on a 4096-node chain for 1 s. Controlled
     mode: 2 threads, 64 nodes, 40 iterations each, over many seeds.
     """
     fc = FenceChains(machine, CHAIN_SZ, seqno_inc)

@@ -30,9 +30,9 @@ from dmabuf.buf.dma_buf import (
 )
 from dmabuf.buf.mapping_type import (
     MAPPING_SGT,
-    DmaBufMatchArgs,
     DmaBufMappingMatch,
     DmaBufMappingType,
+    DmaBufMatchArgs,
     MappingTypeConfig,
     SgtExpOps,
     emapping_sgt,

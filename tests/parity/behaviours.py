@@ -63,7 +63,7 @@ from dmabuf.uapi.dma_buf import (
 )
 from dmabuf.uapi.dma_heap import dma_heap_ioctl_alloc
 from dmabuf.uapi.ioctl import IOWR
-from dmabuf.uapi.memfd import F_SEAL_FUTURE_WRITE, F_SEAL_SHRINK, F_SEAL_WRITE
+from dmabuf.uapi.memfd import F_SEAL_FUTURE_WRITE, F_SEAL_GROW, F_SEAL_SHRINK, F_SEAL_WRITE
 from dmabuf.uapi.sync_file import SYNC_IOC_FILE_INFO, SyncFileInfoStruct
 from dmabuf.uapi.udmabuf import udmabuf_ioctl_create, udmabuf_ioctl_create_list
 
@@ -202,8 +202,9 @@ class Env:
     def run_child(self, fn: Callable[[], int], timeout: float = 20.0) -> int:
         """Run ``fn`` in a child process (fork); return its exit status (``fn``'s result).
 
-        The kernel environment forks: the child inherits the fd table, as a real consumer
-        process would through fork (use sockets + SCM_RIGHTS for the interesting case).
+        The kernel environment forks, so the child starts with a copy of the fd table (which
+        shows in dma-buf counts); a model environment must emulate that copy. The wait is a
+        poll on a pidfd, bounded by ``timeout``.
         """
         pid = os.fork()
         if pid == 0:  # pragma: no cover - child
@@ -212,16 +213,17 @@ class Env:
                 code = int(fn())
             finally:
                 os._exit(code)
-        deadline = time.monotonic() + timeout
-        while True:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                return os.waitstatus_to_exitcode(status)
-            if time.monotonic() > deadline:
+        pidfd = os.pidfd_open(pid)
+        try:
+            ready = select.poll()
+            ready.register(pidfd, select.POLLIN)
+            if not ready.poll(int(timeout * 1000)):  # the pidfd polls readable at exit
                 os.kill(pid, 9)
                 os.waitpid(pid, 0)
                 raise TimeoutError(f"child {pid} did not finish within {timeout} s")
-            time.sleep(0.01)  # polling a child's exit, not synchronising state
+        finally:
+            os.close(pidfd)
+        return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
 def err(fn: Callable[[], object]) -> str:
@@ -808,7 +810,8 @@ def _sf_merge(env: Env) -> Obs:
 
 
 @behaviour("sync_file.info_errors", needs=("udmabuf",),
-           expect={"count_only": [1, 0], "flags_nonzero": "EINVAL", "on_dmabuf": "ENOTTY"},
+           expect={"count_only": [1, 0], "flags_nonzero": "EINVAL", "on_dmabuf": "ENOTTY",
+                   "deadline_on_dmabuf": "ENOTTY"},
            source="sync_file.c sync_file_ioctl_fence_info()")
 def _sf_info(env: Env) -> Obs:
     """FILE_INFO with num_fences 0 returns the count only; flags != 0 is EINVAL."""
@@ -825,7 +828,9 @@ def _sf_info(env: Env) -> Obs:
         fake = SyncFile(env.backend.dup(u.fileno()), env.backend)
         with fake:
             on_dmabuf = err(lambda: fake.info())
-    return {"count_only": count_only, "flags_nonzero": flags, "on_dmabuf": on_dmabuf}
+            deadline = err(lambda: fake.set_deadline(1))
+    return {"count_only": count_only, "flags_nonzero": flags, "on_dmabuf": on_dmabuf,
+            "deadline_on_dmabuf": deadline}
 
 
 @behaviour("sync_file.wait_and_deadline", needs=("vgem",),
@@ -1105,6 +1110,31 @@ def _vgem_identity(env: Env) -> Obs:
                 "fd_dup_same_handle": h3 == bo.handle}
 
 
+@behaviour("vgem.prime_errors", needs=("vgem",),
+           expect={"import_memfd": "EINVAL", "import_closed_fd": "EBADF",
+                   "export_unknown_handle": "ENOENT", "gem_close_unknown": "EINVAL",
+                   "export_bad_flags": "EINVAL"},
+           source="drm_prime.c drm_prime_fd_to_handle_ioctl(), drm_prime_handle_to_fd_ioctl();"
+                  " drm_gem.c drm_gem_close_ioctl()")
+def _vgem_prime_errors(env: Env) -> Obs:
+    """PRIME import of a non-dma-buf is EINVAL (closed fd EBADF); unknown handles ENOENT/EINVAL."""
+    from dmabuf.uapi.vgem import DRM_IOCTL_PRIME_HANDLE_TO_FD, DrmPrimeHandle
+
+    with VgemDevice.open(env.backend) as dev, dev.create_dumb(16, 16) as bo, \
+            Memfd.create("p", PAGE, backend=env.backend) as m:
+        import ctypes
+
+        buf = bytearray(ctypes.sizeof(DrmPrimeHandle))
+        a = DrmPrimeHandle.from_buffer(buf)
+        a.handle, a.flags = bo.handle, 0x40  # O_CREAT: not DRM_CLOEXEC | DRM_RDWR
+        return {"import_memfd": err(lambda: dev.import_dmabuf(m.fileno())),
+                "import_closed_fd": err(lambda: dev.import_dmabuf(9999)),
+                "export_unknown_handle": err(lambda: dev.export(bo.handle + 100).close()),
+                "gem_close_unknown": err(lambda: dev.gem_close(bo.handle + 100)),
+                "export_bad_flags": err(lambda: env.backend.ioctl(
+                    dev.fileno(), DRM_IOCTL_PRIME_HANDLE_TO_FD, buf))}
+
+
 @behaviour("vgem.close_signals_fences", needs=("vgem",),
            expect={"busy_before": True, "busy_after_close": False},
            source="vgem_fence.c vgem_fence_close()")
@@ -1328,8 +1358,6 @@ def _udmabuf_seals(env: Env) -> Obs:
     with Memfd.create("w", PAGE, backend=be) as m:
         m.add_seals(F_SEAL_WRITE)
         helper = err(m.seal_for_udmabuf)
-    from dmabuf.uapi.memfd import F_SEAL_GROW
-
     return {"no_shrink": case(0), "write_seal": case(F_SEAL_SHRINK | F_SEAL_WRITE),
             "future_write_seal": case(F_SEAL_SHRINK | F_SEAL_FUTURE_WRITE),
             "shrink_and_grow": case(F_SEAL_SHRINK | F_SEAL_GROW),

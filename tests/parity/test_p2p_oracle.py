@@ -97,6 +97,7 @@ def _dmesg_p2p_lines(text: str) -> list[str]:
 
 
 @pytest.mark.qemu
+@pytest.mark.timeout(900)  # the first test pays for all the boots
 @pytest.mark.parametrize("case", CASES)
 def test_case_capture_and_results(p2p_runs: dict[str, Any], case: str) -> None:
     """The live run produced a sysfs root and one parsed RESULT per provider x block device."""
@@ -128,6 +129,7 @@ def test_case_capture_and_results(p2p_runs: dict[str, Any], case: str) -> None:
 
 
 @pytest.mark.qemu
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize("case", CASES)
 def test_model_matches_live_kernel(p2p_runs: dict[str, Any], case: str) -> None:
     """dmabuf.pci's decision for each live pair equals the kernel's (outcome and log lines)."""

@@ -18,7 +18,9 @@ import pytest
 
 from .behaviours import REGISTRY, Behaviour, compare
 
-BACKENDS = [pytest.param("kernel", marks=pytest.mark.qemu, id="kernel")]
+# The first kernel test pays for the boot (~20 s; minutes on a loaded machine).
+BACKENDS = [pytest.param("kernel", marks=[pytest.mark.qemu, pytest.mark.timeout(600)],
+                         id="kernel")]
 NAMES = [b.name for b in REGISTRY]
 
 

@@ -30,14 +30,14 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "buf"))
-from dmabuf_mocks import DynamicMockExporter, MockImporter, make_phys  # noqa: E402
+from dmabuf_mocks import DynamicMockExporter, MockImporter, make_phys
 
-from dmabuf.buf.dma_engine import DmaFaultLog  # noqa: E402
-from dmabuf.buf.file import current_process  # noqa: E402
-from dmabuf.buf.revoke import Revoker  # noqa: E402
-from dmabuf.errors import DmaBufError  # noqa: E402
-from dmabuf.machine import Machine  # noqa: E402
-from dmabuf.mm.phys import PAGE_SIZE  # noqa: E402
+from dmabuf.buf.dma_engine import DmaFaultLog
+from dmabuf.buf.file import current_process
+from dmabuf.buf.revoke import Revoker
+from dmabuf.errors import DmaBufError
+from dmabuf.machine import Machine
+from dmabuf.mm.phys import PAGE_SIZE
 
 SIZE = 16 * PAGE_SIZE
 KINDS = ("static", "dynamic", "pinned")

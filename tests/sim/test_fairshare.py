@@ -62,6 +62,7 @@ def test_empty_problem() -> None:
     ({"weight": [0.0]}, "weights"),
     ({"n_flows": 2}, "infinite"),
     ({"n_flows": -1}, "n_flows"),
+    ({"rtol": 0.5}, "rtol"),
 ])
 def test_bad_input_is_einval(kwargs: dict[str, object], needle: str) -> None:
     args: dict[str, object] = {"flow_idx": [0], "chan_idx": [0], "capacity": [1.0], "n_flows": 1}

@@ -127,7 +127,7 @@ def test_bad_params_are_einval(kwargs: dict[str, object], needle: str) -> None:
 
 
 def test_unknown_key_message_lists_valid_names() -> None:
-    with pytest.raises(DmaBufError, match="valid names: .*switch_efficiency"):
+    with pytest.raises(DmaBufError, match=r"valid names: .*switch_efficiency"):
         TimingParams.from_mapping({"switch_eff": 1.0})
     with pytest.raises(DmaBufError, match="mapping"):
         TimingParams.from_mapping([("a", 1)])  # type: ignore[arg-type]

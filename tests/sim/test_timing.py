@@ -85,16 +85,20 @@ def test_single_flow_gen5_x16_switch_path_gets_narrowest_link() -> None:
 
 def test_two_flows_sharing_a_link_split_it_fairly() -> None:
     d = default_fabric()
-    flows = [FlowSpec("gpu0", d.route("gpu0", "nic0"), GIB),
-             FlowSpec("gpu1", d.route("gpu1", "nic1"), GIB),
-             FlowSpec("nvme1", d.route("nvme1", "nic1"), GIB)]
-    a = allocate(d, flows[:1] + [FlowSpec("also", d.route("gpu0.mem", "nic0"), GIB)])
-    assert a.rates == {"gpu0": GEN5X16 / 2, "also": GEN5X16 / 2}
-    res = FlowSimulator(d)
-    res.add_flows(flows[:1] + [FlowSpec("also", d.route("gpu0.mem", "nic0"), GIB)])
-    out = res.run()
-    assert out.flows["gpu0"].drain_end == out.flows["also"].drain_end == GIB / (GEN5X16 / 2)
+    # GPU0's BAR and its HBM both stream to NIC0: they share sw0.dsp0 up and sw0.dsp1 down.
+    flows = [FlowSpec("bar", d.route("gpu0", "nic0"), GIB),
+             FlowSpec("hbm", d.route("gpu0.mem", "nic0"), GIB)]
+    a = allocate(d, flows)
+    assert a.rates == {"bar": GEN5X16 / 2, "hbm": GEN5X16 / 2}
+    assert a.bottleneck == {"bar": "sw0.dsp0:up", "hbm": "sw0.dsp0:up"}
+    sim = FlowSimulator(d)
+    sim.add_flows(flows)
+    out = sim.run()
+    assert out.flows["bar"].drain_end == out.flows["hbm"].drain_end == GIB / (GEN5X16 / 2)
     assert out.timeline.bytes_through("sw0.dsp1", "down") == pytest.approx(2 * GIB, rel=1e-12)
+    # A third flow from the other side of the switch takes a third of NIC0's port.
+    b = allocate(d, [*flows, FlowSpec("gpu1", d.route("gpu1", "nic0"), GIB)])
+    assert b.rates["gpu1"] == pytest.approx(GEN5X16 / 3, rel=1e-12)
 
 
 def test_three_flows_with_different_bottlenecks_get_max_min() -> None:
@@ -198,6 +202,27 @@ def test_arrival_and_departure_reallocate() -> None:
     assert res.makespan == 4.0
 
 
+def test_run_until_a_horizon_reports_unfinished_bytes() -> None:
+    f = _star({"a": 2e9, "b": 2e9, "c": 1e9})
+    sim = FlowSimulator(f)
+    sim.add(FlowSpec("A", f.route("a", "c"), 3_000_000_000))
+    sim.add(FlowSpec("B", f.route("b", "c"), 1_000_000_000, start_time=1.0))
+    sim.add(FlowSpec("late", f.route("b", "c"), 5, start_time=10.0))
+    r2 = sim.run(until=2.0)
+    assert r2.flows == {}
+    assert r2.unfinished == {"A": 1.5e9, "B": 0.5e9, "late": 5.0}
+    assert r2.timeline.times.tolist() == [0.0, 1.0, 2.0]
+    r3 = sim.run(until=3.0)
+    assert list(r3.flows) == ["B"] and r3.flows["B"].end == 3.0
+    assert r3.unfinished == {"A": 1e9, "late": 5.0}
+    assert sim.run(until=0.0).unfinished == {"A": 3e9, "B": 1e9, "late": 5.0}
+    assert sim.run().unfinished == {}
+    for bad in (-1.0, float("inf"), "soon"):
+        with pytest.raises(DmaBufError) as ei:
+            sim.run(until=bad)  # type: ignore[arg-type]
+        assert ei.value.errno == errno.EINVAL
+
+
 def test_departure_frees_capacity_for_flows_bottlenecked_elsewhere() -> None:
     f = _line([10e9, 6e9, 2e9])
     sim = FlowSimulator(f)
@@ -287,7 +312,9 @@ def test_bad_input_is_einval_with_a_clear_message() -> None:
                            ({"kind": "scribble"}, "flow kind"),
                            ({"iommu": "yes"}, "iommu"), ({"page_size": 0}, "page_size"),
                            ({"map_ranges": -1}, "map_ranges"), ({"name": ""}, "flow name"),
-                           ({"path": 5}, "path")):
+                           ({"path": 5}, "path"), ({"path": [("sw0.dsp0",)]}, "hop 0"),
+                           ({"path": [(3, "up")]}, "hop 0"),
+                           ({"path": [("sw0.dsp0", "sideways")]}, "direction")):
         args: dict[str, object] = {"name": "x", "path": path, "bytes": 1}
         args.update(kwargs)
         with pytest.raises(DmaBufError) as ei:
@@ -307,6 +334,30 @@ def test_bad_input_is_einval_with_a_clear_message() -> None:
     assert ei.value.errno == errno.EEXIST
     # The simulator still runs the flow it accepted.
     assert sim.run().flows["dup"].bytes == 1
+
+
+def test_timeline_queries_and_rows() -> None:
+    f = _star({"a": 2e9, "c": 1e9})
+    f.add_node("m", NodeKind.MEMORY)
+    f.add_link("lm", "sw", "m", memory_link(4e9))
+    sim = FlowSimulator(f)
+    sim.add(FlowSpec("x", f.route("a", "c"), 10**9))
+    sim.add(FlowSpec("y", f.route("a", "m"), 10**9))
+    res = sim.run()
+    tl = res.timeline
+    assert tl.bytes_through("lm") == 1e9            # a shared link needs no direction
+    assert tl.bytes_through("lm", "up") == 1e9      # ... and ignores one
+    with pytest.raises(DmaBufError, match="full duplex"):
+        tl.utilisation("la")
+    with pytest.raises(DmaBufError, match="unknown link"):
+        tl.utilisation("nope", "up")
+    with pytest.raises(DmaBufError, match="unknown link"):
+        tl.utilisation("nope")
+    assert tl.channels[f.channel("la", "up")] == ("la", Direction.UP)
+    rows = res.rows()
+    assert [r["name"] for r in rows] == ["x", "y"]
+    assert rows[0]["throughput"] == 1e9 and rows[0]["drain_end"] == 1.0
+    assert res.flows["y"].as_dict()["transfer_rate"] == 1e9
 
 
 def test_empty_simulation() -> None:
@@ -401,7 +452,7 @@ def test_transfer_without_fabric_and_attach_while_busy() -> None:
             clock.attach(f)
         assert t.join(5.0)
         clock.attach(f)  # fine once idle
-        return ei.value.errno
+        return int(ei.value.errno or 0)
 
     assert replay(scenario, seed=0) == errno.EBUSY
 

@@ -791,3 +791,15 @@ def test_trace_events(machine: Machine) -> None:
     assert ev[0].fields["driver"] == "rec-drv" and ev[0].fields["context"] == 4
     assert ev[2].fields["timeline"] == "rec-tl"  # traced before the ops detach
     assert ev[-1].fields["driver"] == "detached-driver"
+
+
+def test_huge_finite_timeout_does_not_overflow(machine: Machine) -> None:
+    f = fence(machine)
+    t = machine.sched.spawn(f.wait_timeout, False, 1e300)
+    f.signal()
+    assert t.join(10.0)
+    assert t.result() > 1e299
+    g = fence(machine, seqno=2)
+    t2 = machine.sched.spawn(dma_fence_wait_any_timeout, [g], False, 1e300)
+    g.signal()
+    assert t2.join(10.0) and t2.result()[1] == 0

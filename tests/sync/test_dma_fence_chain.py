@@ -118,9 +118,10 @@ def test_for_each_yields_nodes_and_releases(machine: Machine) -> None:
     seen = list(dma_fence_chain_for_each(c2))
     assert seen == [c2, c1, a]
     assert c2.refcount == 1 and c1.refcount == 1 and a.refcount == 1
-    for it in dma_fence_chain_for_each(c2):
-        break
-    assert it is c2 and c2.refcount == 1
+    gen = dma_fence_chain_for_each(c2)
+    assert next(gen) is c2 and c2.refcount == 2  # the iterator's reference
+    gen.close()  # breaking out early drops it
+    assert c2.refcount == 1
 
 
 def test_chain_signal_waits_for_earlier_points(machine: Machine) -> None:

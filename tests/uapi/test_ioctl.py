@@ -44,7 +44,7 @@ def test_set_name_is_pointer_sized_variant() -> None:
     """DMA_BUF_SET_NAME uses sizeof(const char *): B on 64-bit, A on 32-bit."""
     expect = dma_buf.DMA_BUF_SET_NAME_B if ctypes.sizeof(ctypes.c_void_p) == 8 else \
         dma_buf.DMA_BUF_SET_NAME_A
-    assert dma_buf.DMA_BUF_SET_NAME == expect
+    assert expect == dma_buf.DMA_BUF_SET_NAME
 
 
 SIZES = {

@@ -5,8 +5,8 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import select
 import socket
-import time
 
 import pytest
 
@@ -16,15 +16,17 @@ from dmabuf.uapi.scm import SCM_MAX_FD
 
 
 def _wait_child(pid: int, timeout: float = 10.0) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.01)  # polling for the child's exit status
-    os.kill(pid, 9)
-    os.waitpid(pid, 0)
-    raise AssertionError("child did not exit in time")
+    pidfd = os.pidfd_open(pid)
+    try:
+        p = select.poll()
+        p.register(pidfd, select.POLLIN)
+        if not p.poll(int(timeout * 1000)):  # a pidfd polls readable when the child exits
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            raise AssertionError("child did not exit in time")
+    finally:
+        os.close(pidfd)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
 def test_memfd_passed_to_a_child_is_the_same_file() -> None:

@@ -50,8 +50,9 @@ from __future__ import annotations
 
 import errno
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 from dmabuf.buf.device import DmaDataDirection, DmaDev, check_direction
@@ -167,6 +168,9 @@ class DmaBufOps:
 
     #: Names of the optional/mandatory members a subclass overrides (computed per subclass).
     provided: ClassVar[frozenset[str]] = frozenset()
+    #: Callables passed to the constructor (a subclass that skips ``super().__init__()`` has
+    #: none: this read-only empty default then applies).
+    _instance_ops: Mapping[str, Callable[..., Any]] = MappingProxyType({})
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -271,14 +275,14 @@ class DmaBufAttachOps:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        inv = cls.invalidate_mappings is not DmaBufAttachOps.invalidate_mappings
-        mv = cls.move_notify is not DmaBufAttachOps.move_notify
+        inv = "invalidate_mappings" in cls.__dict__
+        mv = "move_notify" in cls.__dict__
         if inv and mv:
             raise TypeError(f"{cls.__name__} overrides both invalidate_mappings and its pre-7.1 "
                             "alias move_notify; override only invalidate_mappings")
-        cls._has_invalidate = inv or mv
+        cls._has_invalidate = inv or mv or cls._has_invalidate   # inherited overrides count
         if mv:
-            cls.invalidate_mappings = cls.move_notify  # type: ignore[method-assign]
+            cls.invalidate_mappings = cls.__dict__["move_notify"]  # type: ignore[method-assign]
 
     def __init__(self, allow_peer2peer: bool = False, *,
                  invalidate_mappings: Callable[[DmaBufAttachment], None] | None = None,
@@ -752,7 +756,7 @@ class DmaBuf:
             check_callback("dma_buf_attach_ops.invalidate_mappings", self.machine, self.resv)
             attach.invalidations += 1
             tr.emit("dma_buf_invalidate_mappings", ino=self.ino, dev=attach.dev.name)
-            pass
+            ops.invalidate_mappings(attach)
 
     # -- CPU access -----------------------------------------------------------------------
     def begin_cpu_access(self, direction: int) -> None:
@@ -1452,30 +1456,50 @@ def for_each_dma_buf(machine: Machine | None = None) -> Iterator[DmaBuf]:
 
 
 def get_dma_buf(dmabuf: DmaBuf) -> None:
-    """``get_dma_buf()`` — :meth:`DmaBuf.get`."""
+    """``get_dma_buf()``: the kernel-named form of :meth:`DmaBuf.get`.
+
+    Context/Returns/Raises: as :meth:`DmaBuf.get`.
+    Kernel: drivers/dma-buf/dma-buf.c, get_dma_buf().
+    """
     dmabuf.get()
 
 
 def dma_buf_put(dmabuf: DmaBuf) -> None:
-    """``dma_buf_put()`` — :meth:`DmaBuf.put`."""
+    """``dma_buf_put()``: the kernel-named form of :meth:`DmaBuf.put`.
+
+    Context/Returns/Raises: as :meth:`DmaBuf.put`.
+    Kernel: drivers/dma-buf/dma-buf.c, dma_buf_put().
+    """
     dmabuf.put()
 
 
 def dma_buf_fd(dmabuf: DmaBuf, flags: int = 0) -> int:
-    """``dma_buf_fd()`` — :meth:`DmaBuf.fd`; ``dmabuf`` None raises ``EINVAL``."""
+    """``dma_buf_fd()``: the kernel-named form of :meth:`DmaBuf.fd`.
+
+    Context/Returns/Raises: as :meth:`DmaBuf.fd`. ``dmabuf`` None raises ``EINVAL``.
+    Kernel: drivers/dma-buf/dma-buf.c, dma_buf_fd().
+    """
     if dmabuf is None:
         raise DmaBufError(errno.EINVAL, "dma_buf_fd: dmabuf is NULL")
     return dmabuf.fd(flags)
 
 
 def dma_buf_attach(dmabuf: DmaBuf, dev: DmaDev) -> DmaBufAttachment:
-    """``dma_buf_attach()`` — :meth:`DmaBuf.attach`."""
+    """``dma_buf_attach()``: the kernel-named form of :meth:`DmaBuf.attach`.
+
+    Context/Returns/Raises: as :meth:`DmaBuf.attach`.
+    Kernel: drivers/dma-buf/dma-buf.c, dma_buf_attach().
+    """
     return dmabuf.attach(dev)
 
 
 def dma_buf_dynamic_attach(dmabuf: DmaBuf, dev: DmaDev, importer_ops: DmaBufAttachOps | None,
                            importer_priv: Any = None) -> DmaBufAttachment:
-    """``dma_buf_dynamic_attach()`` — :meth:`DmaBuf.dynamic_attach`; ``dmabuf`` None: EINVAL."""
+    """``dma_buf_dynamic_attach()``: the kernel-named form of :meth:`DmaBuf.dynamic_attach`.
+
+    Context/Returns/Raises: as :meth:`DmaBuf.dynamic_attach`. ``dmabuf`` None: EINVAL.
+    Kernel: drivers/dma-buf/dma-buf.c, dma_buf_dynamic_attach().
+    """
     if dmabuf is None:
         current_machine().warn("dma_buf_dynamic_attach", "attach to a NULL dma-buf")
         raise DmaBufError(errno.EINVAL, "dma_buf_dynamic_attach: dmabuf is NULL")
@@ -1483,7 +1507,11 @@ def dma_buf_dynamic_attach(dmabuf: DmaBuf, dev: DmaDev, importer_ops: DmaBufAtta
 
 
 def dma_buf_detach(dmabuf: DmaBuf, attach: DmaBufAttachment) -> None:
-    """``dma_buf_detach()`` — :meth:`DmaBuf.detach`."""
+    """``dma_buf_detach()``: the kernel-named form of :meth:`DmaBuf.detach`.
+
+    Context/Returns/Raises: as :meth:`DmaBuf.detach`.
+    Kernel: drivers/dma-buf/dma-buf.c, dma_buf_detach().
+    """
     if dmabuf is None:
         current_machine().warn("dma_buf_detach", "detach from a NULL dma-buf")
         return
@@ -1491,17 +1519,29 @@ def dma_buf_detach(dmabuf: DmaBuf, attach: DmaBufAttachment) -> None:
 
 
 def dma_buf_pin(attach: DmaBufAttachment) -> None:
-    """``dma_buf_pin()`` — :meth:`DmaBufAttachment.pin`."""
+    """``dma_buf_pin()``: the kernel-named form of :meth:`DmaBufAttachment.pin`.
+
+    Context/Returns/Raises: as :meth:`DmaBufAttachment.pin`.
+    Kernel: drivers/dma-buf/dma-buf.c, dma_buf_pin().
+    """
     attach.pin()
 
 
 def dma_buf_unpin(attach: DmaBufAttachment) -> None:
-    """``dma_buf_unpin()`` — :meth:`DmaBufAttachment.unpin`."""
+    """``dma_buf_unpin()``: the kernel-named form of :meth:`DmaBufAttachment.unpin`.
+
+    Context/Returns/Raises: as :meth:`DmaBufAttachment.unpin`.
+    Kernel: drivers/dma-buf/dma-buf.c, dma_buf_unpin().
+    """
     attach.unpin()
 
 
 def dma_buf_map_attachment(attach: DmaBufAttachment, direction: int) -> MapResult:
-    """``dma_buf_map_attachment()`` — :meth:`DmaBufAttachment.map`; None attach: EINVAL."""
+    """``dma_buf_map_attachment()``: the kernel-named form of :meth:`DmaBufAttachment.map`.
+
+    Context/Returns/Raises: as :meth:`DmaBufAttachment.map`. None attach: EINVAL.
+    Kernel: drivers/dma-buf/dma-buf.c, dma_buf_map_attachment().
+    """
     if attach is None:
         current_machine().warn("dma_buf_map_attachment", "map of a NULL attachment")
         raise DmaBufError(errno.EINVAL, "dma_buf_map_attachment: attach is NULL")
@@ -1509,12 +1549,21 @@ def dma_buf_map_attachment(attach: DmaBufAttachment, direction: int) -> MapResul
 
 
 def dma_buf_unmap_attachment(attach: DmaBufAttachment, table: MapResult, direction: int) -> None:
-    """``dma_buf_unmap_attachment()`` — :meth:`DmaBufAttachment.unmap`."""
+    """``dma_buf_unmap_attachment()``: the kernel-named form of :meth:`DmaBufAttachment.unmap`.
+
+    Context/Returns/Raises: as :meth:`DmaBufAttachment.unmap`.
+    Kernel: drivers/dma-buf/dma-buf.c, dma_buf_unmap_attachment().
+    """
     attach.unmap(table, direction)
 
 
 def dma_buf_map_attachment_unlocked(attach: DmaBufAttachment, direction: int) -> MapResult:
-    """``dma_buf_map_attachment_unlocked()`` — :meth:`DmaBufAttachment.map_unlocked`."""
+    """``dma_buf_map_attachment_unlocked()``: the kernel name of
+    :meth:`DmaBufAttachment.map_unlocked`.
+
+    Context/Returns/Raises: as :meth:`DmaBufAttachment.map_unlocked`.
+    Kernel: drivers/dma-buf/dma-buf.c, dma_buf_map_attachment_unlocked().
+    """
     if attach is None:
         current_machine().warn("dma_buf_map_attachment_unlocked", "map of a NULL attachment")
         raise DmaBufError(errno.EINVAL, "dma_buf_map_attachment_unlocked: attach is NULL")
@@ -1523,27 +1572,49 @@ def dma_buf_map_attachment_unlocked(attach: DmaBufAttachment, direction: int) ->
 
 def dma_buf_unmap_attachment_unlocked(attach: DmaBufAttachment, table: MapResult,
                                       direction: int) -> None:
-    """``dma_buf_unmap_attachment_unlocked()`` — :meth:`DmaBufAttachment.unmap_unlocked`."""
+    """``dma_buf_unmap_attachment_unlocked()``: the kernel name of
+    :meth:`DmaBufAttachment.unmap_unlocked`.
+
+    Context/Returns/Raises: as :meth:`DmaBufAttachment.unmap_unlocked`.
+    Kernel: drivers/dma-buf/dma-buf.c, dma_buf_unmap_attachment_unlocked().
+    """
     attach.unmap_unlocked(table, direction)
 
 
 def dma_buf_invalidate_mappings(dmabuf: DmaBuf) -> None:
-    """``dma_buf_invalidate_mappings()`` (v7.1) — :meth:`DmaBuf.invalidate_mappings`."""
+    """``dma_buf_invalidate_mappings()``: the kernel name of
+    :meth:`DmaBuf.invalidate_mappings`.
+
+    Context/Returns/Raises: as :meth:`DmaBuf.invalidate_mappings`.
+    Kernel: drivers/dma-buf/dma-buf.c, dma_buf_invalidate_mappings().
+    """
     dmabuf.invalidate_mappings()
 
 
 def dma_buf_move_notify(dmabuf: DmaBuf) -> None:
-    """``dma_buf_move_notify()`` (≤ v7.0 name) — :meth:`DmaBuf.move_notify`."""
+    """``dma_buf_move_notify()``: the kernel-named form of :meth:`DmaBuf.move_notify`.
+
+    Context/Returns/Raises: as :meth:`DmaBuf.move_notify`.
+    Kernel: drivers/dma-buf/dma-buf.c, dma_buf_move_notify().
+    """
     dmabuf.move_notify()
 
 
 def dma_buf_attach_revocable(attach: DmaBufAttachment) -> bool:
-    """``dma_buf_attach_revocable()`` (v7.1) — :attr:`DmaBufAttachment.revocable` (I-B7)."""
+    """``dma_buf_attach_revocable()``: the kernel-named form of :attr:`DmaBufAttachment.revocable`.
+
+    Context/Returns/Raises: as :attr:`DmaBufAttachment.revocable` (I-B7).
+    Kernel: drivers/dma-buf/dma-buf.c, dma_buf_attach_revocable().
+    """
     return attach.revocable
 
 
 def dma_buf_begin_cpu_access(dmabuf: DmaBuf, direction: int) -> None:
-    """``dma_buf_begin_cpu_access()`` — :meth:`DmaBuf.begin_cpu_access`; None: EINVAL."""
+    """``dma_buf_begin_cpu_access()``: the kernel-named form of :meth:`DmaBuf.begin_cpu_access`.
+
+    Context/Returns/Raises: as :meth:`DmaBuf.begin_cpu_access`. None: EINVAL.
+    Kernel: drivers/dma-buf/dma-buf.c, dma_buf_begin_cpu_access().
+    """
     if dmabuf is None:
         current_machine().warn("dma_buf_begin_cpu_access", "NULL dma-buf")
         raise DmaBufError(errno.EINVAL, "dma_buf_begin_cpu_access: dmabuf is NULL")
@@ -1551,12 +1622,20 @@ def dma_buf_begin_cpu_access(dmabuf: DmaBuf, direction: int) -> None:
 
 
 def dma_buf_end_cpu_access(dmabuf: DmaBuf, direction: int) -> None:
-    """``dma_buf_end_cpu_access()`` — :meth:`DmaBuf.end_cpu_access`."""
+    """``dma_buf_end_cpu_access()``: the kernel-named form of :meth:`DmaBuf.end_cpu_access`.
+
+    Context/Returns/Raises: as :meth:`DmaBuf.end_cpu_access`.
+    Kernel: drivers/dma-buf/dma-buf.c, dma_buf_end_cpu_access().
+    """
     dmabuf.end_cpu_access(direction)
 
 
 def dma_buf_mmap(dmabuf: DmaBuf, vma: Vma, pgoff: int) -> None:
-    """``dma_buf_mmap()`` — :meth:`DmaBuf.mmap`; None dmabuf: EINVAL (WARN)."""
+    """``dma_buf_mmap()``: the kernel-named form of :meth:`DmaBuf.mmap`.
+
+    Context/Returns/Raises: as :meth:`DmaBuf.mmap`. None dmabuf: EINVAL (WARN).
+    Kernel: drivers/dma-buf/dma-buf.c, dma_buf_mmap().
+    """
     if dmabuf is None:
         current_machine().warn("dma_buf_mmap", "NULL dma-buf")
         raise DmaBufError(errno.EINVAL, "dma_buf_mmap: dmabuf is NULL")
@@ -1564,7 +1643,11 @@ def dma_buf_mmap(dmabuf: DmaBuf, vma: Vma, pgoff: int) -> None:
 
 
 def dma_buf_vmap(dmabuf: DmaBuf) -> Any:
-    """``dma_buf_vmap()`` — :meth:`DmaBuf.vmap`; None: EINVAL (WARN)."""
+    """``dma_buf_vmap()``: the kernel-named form of :meth:`DmaBuf.vmap`.
+
+    Context/Returns/Raises: as :meth:`DmaBuf.vmap`. None: EINVAL (WARN).
+    Kernel: drivers/dma-buf/dma-buf.c, dma_buf_vmap().
+    """
     if dmabuf is None:
         current_machine().warn("dma_buf_vmap", "NULL dma-buf")
         raise DmaBufError(errno.EINVAL, "dma_buf_vmap: dmabuf is NULL")
@@ -1572,12 +1655,20 @@ def dma_buf_vmap(dmabuf: DmaBuf) -> Any:
 
 
 def dma_buf_vunmap(dmabuf: DmaBuf, vmap: Any) -> None:
-    """``dma_buf_vunmap()`` — :meth:`DmaBuf.vunmap`."""
+    """``dma_buf_vunmap()``: the kernel-named form of :meth:`DmaBuf.vunmap`.
+
+    Context/Returns/Raises: as :meth:`DmaBuf.vunmap`.
+    Kernel: drivers/dma-buf/dma-buf.c, dma_buf_vunmap().
+    """
     dmabuf.vunmap(vmap)
 
 
 def dma_buf_vmap_unlocked(dmabuf: DmaBuf) -> Any:
-    """``dma_buf_vmap_unlocked()`` — :meth:`DmaBuf.vmap_unlocked`."""
+    """``dma_buf_vmap_unlocked()``: the kernel-named form of :meth:`DmaBuf.vmap_unlocked`.
+
+    Context/Returns/Raises: as :meth:`DmaBuf.vmap_unlocked`.
+    Kernel: drivers/dma-buf/dma-buf.c, dma_buf_vmap_unlocked().
+    """
     if dmabuf is None:
         current_machine().warn("dma_buf_vmap_unlocked", "NULL dma-buf")
         raise DmaBufError(errno.EINVAL, "dma_buf_vmap_unlocked: dmabuf is NULL")
@@ -1585,6 +1676,10 @@ def dma_buf_vmap_unlocked(dmabuf: DmaBuf) -> Any:
 
 
 def dma_buf_vunmap_unlocked(dmabuf: DmaBuf, vmap: Any) -> None:
-    """``dma_buf_vunmap_unlocked()`` — :meth:`DmaBuf.vunmap_unlocked`."""
+    """``dma_buf_vunmap_unlocked()``: the kernel-named form of :meth:`DmaBuf.vunmap_unlocked`.
+
+    Context/Returns/Raises: as :meth:`DmaBuf.vunmap_unlocked`.
+    Kernel: drivers/dma-buf/dma-buf.c, dma_buf_vunmap_unlocked().
+    """
     dmabuf.vunmap_unlocked(vmap)
 

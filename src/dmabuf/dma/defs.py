@@ -35,12 +35,19 @@ class DmaDataDirection(enum.IntEnum):
 
     ``TO_DEVICE``: the device reads memory (IOMMU_READ). ``FROM_DEVICE``: the device writes memory
     (IOMMU_WRITE). ``BIDIRECTIONAL``: both. ``NONE``: debugging only; never valid for a mapping.
+    The short names (``TO_DEVICE``…) are aliases of the same members. Any int-valued direction
+    (e.g. the buffer layer's enum) is accepted by the mapping functions.
     """
 
     DMA_BIDIRECTIONAL = 0
     DMA_TO_DEVICE = 1
     DMA_FROM_DEVICE = 2
     DMA_NONE = 3
+    # Short aliases (the same members), matching dmabuf.buf.device.DmaDataDirection's names.
+    BIDIRECTIONAL = 0
+    TO_DEVICE = 1
+    FROM_DEVICE = 2
+    NONE = 3
 
 
 DMA_ATTR_WEAK_ORDERING = 1 << 1

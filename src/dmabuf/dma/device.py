@@ -455,7 +455,8 @@ class DmaDevice:
         self.stats["bytes_written"] += int(phys["len"].sum()) if phys.size else 0
 
     def dma_copy(self, dst_dev: DmaDevice | None, dst_ranges: Any, src_ranges: Any, *,
-                 src_owner: int | None = None, dst_owner: int | None = None) -> int:
+                 src_owner: int | None = None, dst_owner: int | None = None,
+                 expect_owner: int | None = None) -> int:
         """A copy engine moves bytes from ``src_ranges`` to ``dst_ranges``.
 
         The source is read through this device's view; the destination is written through
@@ -465,6 +466,8 @@ class DmaDevice:
             dst_dev: whose DMA addresses ``dst_ranges`` are (None: self).
             dst_ranges, src_ranges: DMA ranges of equal total length.
             src_owner, dst_owner: expected owners of the source / destination pages.
+            expect_owner: default for both ``src_owner`` and ``dst_owner`` (one buffer copied
+                within itself, or the same owner on both sides).
 
         Returns:
             Bytes copied.
@@ -474,6 +477,10 @@ class DmaDevice:
             DmaBufError(EINVAL): the lengths differ.
         """
         dst_dev = self if dst_dev is None else dst_dev
+        if src_owner is None:
+            src_owner = expect_owner
+        if dst_owner is None:
+            dst_owner = expect_owner
         src = self.translate(src_ranges, "read")
         dst = dst_dev.translate(dst_ranges, "write")
         self._check_owner(src, src_owner, "read")

@@ -136,6 +136,7 @@ def iommu_dma_alloc_iova(domain: IommuDomain, size: int, dma_limit: int, dev: Dm
     """
     iovad = domain.iovad
     assert iovad is not None
+    iova_reserve_pci_windows(domain, dev)
     shift = iovad.shift
     iova_len = size >> shift
     if dev.bus_dma_limit:
@@ -148,6 +149,41 @@ def iommu_dma_alloc_iova(domain: IommuDomain, size: int, dma_limit: int, dev: Dm
         dev.pci_32bit_workaround = False
     pfn = iovad.alloc_iova_fast(iova_len, dma_limit >> shift, True)
     return pfn << shift
+
+
+def iova_reserve_pci_windows(domain: IommuDomain, dev: DmaDevice) -> None:
+    """Keep PCI MMIO windows out of the IOVA space — ``iova_reserve_pci_windows()``.
+
+    A DMA to an address inside a peer's BAR window is routed by the PCIe switches before it ever
+    reaches the IOMMU, so such addresses must never be handed out as IOVAs. The kernel reserves
+    the host bridge windows when the domain is set up; the model reserves the bus range of every
+    MMIO region of the device's physical memory (``bus = paddr - bus_offset`` from the fabric,
+    0 without one), lazily as regions appear. A window that overlaps a live IOVA allocation
+    (a BAR added after mappings were made) cannot be reserved: the model WARNs.
+
+    Kernel: drivers/iommu/dma-iommu.c, iova_reserve_pci_windows(), iova_reserve_iommu_regions().
+    """
+    iovad = domain.iovad
+    if iovad is None:
+        return
+    from dmabuf.mm.phys import MemKind
+    for reg in dev.phys.regions:
+        if reg.kind is not MemKind.MMIO or (reg.base, reg.size) in domain.reserved_windows:
+            continue
+        domain.reserved_windows.add((reg.base, reg.size))
+        off = 0
+        if dev.fabric is not None:
+            hit = dev.fabric.provider_at(reg.base)
+            if hit is not None:
+                off = int(hit[1])
+        lo = (reg.base - off) >> iovad.shift
+        hi = (reg.base - off + reg.size - 1) >> iovad.shift
+        if lo < 1 or hi > (domain.aperture_end >> iovad.shift):
+            continue
+        try:
+            iovad.reserve_iova(lo, hi)
+        except DmaBufError as e:
+            dev.warn("iova_reserve_pci_windows", f"cannot reserve {reg.name}: {e.strerror}")
 
 
 def iommu_dma_free_iova(domain: IommuDomain, iova: int, size: int, queued: bool) -> None:

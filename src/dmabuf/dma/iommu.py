@@ -195,6 +195,8 @@ class IommuDomain:
         self._table: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._lock = threading.Lock()
         self._fq: list[_FqEntry] = []
+        #: PCI windows (MMIO regions) already reserved in the IOVA space: (base, size) seen.
+        self.reserved_windows: set[tuple[int, int]] = set()
         self.iovad: IovaDomain | None = None
         if type in (IommuDomainType.DMA, IommuDomainType.DMA_FQ):
             self.iovad = IovaDomain(PAGE_SIZE, 1)

@@ -91,7 +91,15 @@ class Direction(enum.Enum):
 
     @classmethod
     def parse(cls, value: object) -> Direction:
-        """Accept a :class:`Direction` or its name/value (``"down"``, ``"UP"``)."""
+        """Parse a direction — no kernel counterpart.
+
+        Args:
+            value: a :class:`Direction` or its value, any case (``"down"``, ``"UP"``).
+        Context: pure; never blocks.
+        Returns: the :class:`Direction`.
+        Raises: DmaBufError(EINVAL) for anything else.
+        Kernel: none.
+        """
         if isinstance(value, Direction):
             return value
         if isinstance(value, str):
@@ -113,7 +121,15 @@ class FlowKind(enum.Enum):
 
     @classmethod
     def parse(cls, value: object) -> FlowKind:
-        """Accept a :class:`FlowKind` or its value (``"write"``, ``"read"``)."""
+        """Parse a flow kind — no kernel counterpart.
+
+        Args:
+            value: a :class:`FlowKind` or its value (``"write"``, ``"read"``).
+        Context: pure; never blocks.
+        Returns: the :class:`FlowKind`.
+        Raises: DmaBufError(EINVAL) for anything else.
+        Kernel: none.
+        """
         if isinstance(value, FlowKind):
             return value
         if isinstance(value, str):
@@ -204,14 +220,22 @@ class Link:
         return self.spec.bandwidth
 
     def ends(self, direction: Direction) -> tuple[str, str]:
-        """(from, to) node names of a hop in ``direction``."""
+        """The nodes a hop over this link leaves and reaches — no kernel counterpart.
+
+        Args:
+            direction: the hop's :class:`Direction`.
+        Context: pure; never blocks.
+        Returns: ``(from, to)`` node names.
+        Raises: nothing.
+        Kernel: none.
+        """
         return (self.a, self.b) if direction is Direction.DOWN else (self.b, self.a)
 
 
 Hop = tuple[str, Direction]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class PathInfo:
     """A resolved path: what the timing model needs to know about it.
 
@@ -233,7 +257,7 @@ class PathInfo:
     iommu: bool
 
 
-@dataclass
+@dataclass(eq=False, repr=False)
 class Fabric:
     """A set of nodes and links, plus the :class:`TimingParams` flows on it are timed with.
 
@@ -251,6 +275,10 @@ class Fabric:
     _channel_names: list[tuple[str, Direction | None]] = field(default_factory=list, repr=False)
     _adj: dict[str, list[tuple[str, str, Direction]]] = field(default_factory=dict, repr=False)
     _cap_array: np.ndarray | None = field(default=None, repr=False)
+
+    def __repr__(self) -> str:
+        return (f"<Fabric {self.name} nodes={len(self.nodes)} links={len(self.links)} "
+                f"channels={self.n_channels}>")
 
     def __post_init__(self) -> None:
         if not isinstance(self.params, TimingParams):
@@ -374,13 +402,28 @@ class Fabric:
         return self._cap_array
 
     def channel_name(self, index: int) -> tuple[str, Direction | None]:
-        """(link name, direction) of a channel; direction None for a shared link."""
+        """Name a channel — no kernel counterpart.
+
+        Args:
+            index: channel index, ``0 <= index < n_channels``.
+        Context: pure; never blocks.
+        Returns: ``(link name, direction)``; direction None for a shared link.
+        Raises: IndexError for an index out of range.
+        Kernel: none.
+        """
         return self._channel_names[index]
 
     def channel(self, link: str, direction: Direction | str | None = None) -> int:
-        """Index of the channel of ``link`` in ``direction`` (ignored for a shared link).
+        """Index of the channel of ``link`` in ``direction`` — no kernel counterpart.
 
+        Args:
+            link: link name.
+            direction: :class:`Direction` or ``"down"``/``"up"``; required for a full-duplex
+                link, ignored for a shared one.
+        Context: pure; never blocks.
+        Returns: the channel index.
         Raises: DmaBufError(EINVAL) for an unknown link or a missing direction on a duplex link.
+        Kernel: none.
         """
         lk = self._link(link)
         if not lk.spec.duplex:
@@ -538,7 +581,13 @@ class Fabric:
         return eff, lat
 
     def describe(self) -> dict[str, Any]:
-        """A snapshot for reports: nodes, links (bandwidth, latency, duplex) and params."""
+        """Snapshot of the fabric for reports and ``--json`` — no kernel counterpart.
+
+        Context: pure; never blocks.
+        Returns: ``{"name", "nodes": [...], "links": [...], "params": {...}}`` of plain values.
+        Raises: nothing.
+        Kernel: none.
+        """
         return {
             "name": self.name,
             "nodes": [{"name": n.name, "kind": n.kind.value, "efficiency": n.efficiency,

@@ -273,7 +273,13 @@ class TimingParams:
         return cls(**dict(data))
 
     def as_dict(self) -> dict[str, Any]:
-        """All fields as a plain dict (for reports and ``--json``)."""
+        """All fields as a plain dict — no kernel counterpart.
+
+        Context: pure; never blocks.
+        Returns: field name -> value (for reports, ``--json`` and writing back to TOML).
+        Raises: nothing.
+        Kernel: none.
+        """
         return dataclasses.asdict(self)
 
     # cost functions ---------------------------------------------------------------------------

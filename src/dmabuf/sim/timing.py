@@ -101,6 +101,8 @@ class FlowSpec:
         name: label in results (unique within a :class:`FlowSimulator`).
         path: ``(link name, direction)`` hops, contiguous (``Fabric.route`` builds one); the
             direction is a :class:`~dmabuf.sim.fabric.Direction` or ``"down"``/``"up"``.
+            Stored normalised, as a tuple of ``(str, Direction)``; the links are checked
+            against a fabric when the flow is added or transferred.
         bytes: bytes moved (int >= 0).
         start_time: when the transfer is issued, seconds >= 0 (for :func:`transfer`: not before
             this virtual time).
@@ -117,7 +119,7 @@ class FlowSpec:
     """
 
     name: str
-    path: tuple[Hop, ...]
+    path: Sequence[tuple[str, Direction | str]]
     bytes: int
     start_time: float = 0.0
     kind: FlowKind = FlowKind.WRITE
@@ -157,11 +159,18 @@ class FlowSpec:
             raise DmaBufError(errno.EINVAL, f"flow {self.name!r}: map_ranges={mr!r} must be an "
                               "int >= 0")
         try:
-            hops = tuple(self.path)
+            items = tuple(self.path)
         except TypeError:
             raise DmaBufError(errno.EINVAL, f"flow {self.name!r}: path must be a sequence of "
                               "(link, direction) hops") from None
-        object.__setattr__(self, "path", hops)
+        hops: list[Hop] = []
+        for i, h in enumerate(items):
+            if (not isinstance(h, Sequence) or isinstance(h, str) or len(h) != 2
+                    or not isinstance(h[0], str)):
+                raise DmaBufError(errno.EINVAL, f"flow {self.name!r}: hop {i} is {h!r}; each "
+                                  "hop is a (link name, direction) pair")
+            hops.append((h[0], Direction.parse(h[1])))
+        object.__setattr__(self, "path", tuple(hops))
 
 
 @dataclass(frozen=True)
@@ -247,7 +256,13 @@ class FlowResult:
         return self.bytes / d if d > 0 else 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        """Plain fields plus the derived rates (for ``--json`` reports)."""
+        """The result as a plain dict — no kernel counterpart.
+
+        Context: pure; never blocks.
+        Returns: every field plus ``throughput`` and ``transfer_rate`` (for ``--json``).
+        Raises: nothing.
+        Kernel: none.
+        """
         return {"name": self.name, "bytes": self.bytes, "start": self.start,
                 "data_start": self.data_start, "drain_end": self.drain_end,
                 "complete": self.complete, "end": self.end, "latency": self.latency,
@@ -268,7 +283,7 @@ def _result(r: _Resolved, start: float, data_start: float, drain_end: float) -> 
 # ----------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Timeline:
     """Channel loads over time, piecewise constant: ``load[i]`` holds on ``[times[i], times[i+1])``.
 
@@ -307,19 +322,40 @@ class Timeline:
 
     def utilisation(self, link: str, direction: Direction | str | None = None,
                     ) -> tuple[np.ndarray, np.ndarray]:
-        """``(times, utilisation)`` of one channel: ``len(times) == len(utilisation) + 1``."""
+        """Utilisation of one channel over time, ready for ``plt.stairs(u, t)``.
+
+        Args:
+            link: link name.
+            direction: required for a full-duplex link, ignored for a shared one.
+        Context: pure; never blocks.
+        Returns: ``(times, utilisation)`` with ``len(times) == len(utilisation) + 1``.
+        Raises: DmaBufError(EINVAL) for an unknown link or a missing direction.
+        Kernel: none.
+        """
         c = self._chan(link, direction)
         return self.times, self.load[:, c] / self.capacity[c]
 
     def bytes_through(self, link: str, direction: Direction | str | None = None) -> float:
-        """Bytes that crossed the channel (integral of its load)."""
+        """Bytes that crossed one channel: the integral of its load.
+
+        Args / Raises: as :meth:`utilisation`.
+        Context: pure; never blocks.
+        Returns: bytes (float).
+        Kernel: none.
+        """
         c = self._chan(link, direction)
         if not self.times.size:
             return 0.0
         return float(np.dot(self.load[:, c], np.diff(self.times)))
 
     def mean_utilisation(self, link: str, direction: Direction | str | None = None) -> float:
-        """Time-averaged utilisation of one channel over the timeline's span (0 if empty)."""
+        """Time-averaged utilisation of one channel over the timeline's span.
+
+        Args / Raises: as :meth:`utilisation`.
+        Context: pure; never blocks.
+        Returns: a fraction in [0, 1] (0 for an empty timeline).
+        Kernel: none.
+        """
         span = self.span
         if span <= 0:
             return 0.0
@@ -327,13 +363,27 @@ class Timeline:
             self._chan(link, direction)]))
 
     def peak_utilisation(self) -> np.ndarray:
-        """Per channel, the highest utilisation reached."""
+        """Highest utilisation each channel reached.
+
+        Context: pure; never blocks.
+        Returns: array of fractions, one per channel (zeros for an empty timeline).
+        Raises: nothing.
+        Kernel: none.
+        """
         if not self.load.size:
             return np.zeros(self.capacity.size)
         return np.asarray(self.load.max(axis=0) / self.capacity)
 
     def busiest(self, n: int = 5) -> list[tuple[str, Direction | None, float]]:
-        """The ``n`` channels with the highest mean utilisation: ``(link, direction, mean)``."""
+        """The busiest channels by mean utilisation.
+
+        Args:
+            n: how many.
+        Context: pure; never blocks.
+        Returns: up to ``n`` tuples ``(link, direction, mean utilisation)``, busiest first.
+        Raises: nothing.
+        Kernel: none.
+        """
         span = self.span
         if span <= 0 or not self.load.size:
             return []
@@ -554,7 +604,7 @@ class _Fluid:
 # ----------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Allocation:
     """The max-min rates of flows that are all active at once.
 
@@ -627,7 +677,7 @@ def _resolve_all(fabric: Fabric, flows: Iterable[FlowSpec]) -> list[_Resolved]:
 # ----------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SimResult:
     """What :meth:`FlowSimulator.run` produced.
 
@@ -653,7 +703,13 @@ class SimResult:
                 - min(f.start for f in self.flows.values()))
 
     def rows(self) -> list[dict[str, Any]]:
-        """One dict per flow (see :meth:`FlowResult.as_dict`), for tables and JSON."""
+        """The finished flows as rows for tables and JSON — no kernel counterpart.
+
+        Context: pure; never blocks.
+        Returns: one :meth:`FlowResult.as_dict` per finished flow, in insertion order.
+        Raises: nothing.
+        Kernel: none.
+        """
         return [f.as_dict() for f in self.flows.values()]
 
 
@@ -699,7 +755,15 @@ class FlowSimulator:
         self._flows.append(r)
 
     def add_flows(self, flows: Iterable[FlowSpec]) -> None:
-        """Add several flows (see :meth:`add`)."""
+        """Add several flows, in order — see :meth:`add`.
+
+        Args:
+            flows: :class:`FlowSpec` s.
+        Context: never blocks.
+        Returns: None.
+        Raises: as :meth:`add` (flows before the bad one stay added).
+        Kernel: none.
+        """
         for f in flows:
             self.add(f)
 
@@ -873,9 +937,13 @@ class FabricClock:
         return res
 
     def timeline(self) -> Timeline:
-        """Channel loads recorded so far (see :class:`Timeline`).
+        """Channel loads recorded since the fabric was attached — no kernel counterpart.
 
+        Context: never blocks; call it when transfers are not draining (the snapshot is taken
+            without the clock's lock).
+        Returns: a :class:`Timeline` in the scheduler's time.
         Raises: DmaBufError(EINVAL) when no fabric is attached.
+        Kernel: none.
         """
         if self._fabric is None or self._fluid is None:
             raise DmaBufError(errno.EINVAL, "no fabric attached to this fabric clock")

@@ -31,10 +31,14 @@ out of order", e.g. the sw_sync timeline). Take it with :meth:`DmaFence.lock_irq
 :meth:`DmaFence.unlock_irqrestore` (``dma_fence_lock_irqsave()``), never on the raw lock: the
 ``_locked`` functions assert through the lock tracker that the caller holds it.
 
-Waiting. A waiter sleeps on a condition variable of the fence lock, created lazily by the first
-waiter (signalling a fence nobody waits for costs no wake-up machinery). Time is the machine
-scheduler's clock, in **seconds** (the kernel counts jiffies); ``timeout=None`` (or
-``math.inf``) is ``MAX_SCHEDULE_TIMEOUT``.
+Waiting. As the kernel's ``dma_fence_default_wait``, a waiter queues a callback that wakes it
+(``default_wait_cb`` → ``wake_up_state(task)``). The "task" is modelled by a per-thread *wake
+token*: a lock from ``machine.sched`` that its thread holds at rest; sleeping is acquiring it
+again, waking is releasing it. That is the cheapest blocking primitive both schedulers offer
+(no per-fence condition variable; a fence nobody waits for costs no wake-up machinery), and in
+controlled mode a stuck wait shows as ``acquire dma_fence_wait(ctx:seqno)`` in the deadlock
+report. Time is the machine scheduler's clock, in **seconds** (the kernel counts jiffies);
+``timeout=None`` (or ``math.inf``) is ``MAX_SCHEDULE_TIMEOUT``.
 
 Interruptible waits. The kernel's ``signal_pending(current)`` is modelled by :class:`Interrupts`,
 one per machine (``Interrupts.of(machine)``): ``Interrupts.of(m).send(task)`` marks a thread as
@@ -101,6 +105,8 @@ MAX_ERRNO = 4095
 _U64 = 1 << 64
 #: Remaining time reported when a wait succeeds exactly at its deadline (see wait_timeout).
 _MIN_REMAINING = 1e-9
+#: Longest single blocking call (threading.TIMEOUT_MAX); longer waits loop.
+_TIMEOUT_MAX = threading.TIMEOUT_MAX
 
 
 class DmaFenceFlag(enum.IntEnum):
@@ -574,7 +580,7 @@ class DmaFence:
         self.timestamp: float | None = None
         self._cbs: dict[DmaFenceCb, None] | None = None
         self._refcount = 1
-        if self._trace._listeners:
+        if self._trace.listeners:
             self._emit("dma_fence_init")
 
     @classmethod
@@ -696,7 +702,7 @@ class DmaFence:
         return self._refcount
 
     def _release(self) -> None:
-        if self._trace._listeners:
+        if self._trace.listeners:
             self._emit("dma_fence_destroy")
         if self._cbs and not self.flags & _SIGNALED:
             self.machine.warn(
@@ -780,9 +786,10 @@ class DmaFence:
     def signal_timestamp_locked(self, timestamp: float) -> None:
         """Signal with ``timestamp``; the lock must be held — dma_fence_signal_timestamp_locked().
 
-        Idempotent: only the first signal has an effect. Order (v7.1): set SIGNALED, trace,
-        detach the ops (no ``release``/``wait``), stash the callback list, set the timestamp
-        and TIMESTAMP, run the callbacks in registration order, wake the waiters.
+        Idempotent: only the first signal has an effect. Order (v7.1): set SIGNALED (the model
+        publishes the timestamp and TIMESTAMP in the same atomic step), trace, detach the ops
+        (no ``release``/``wait``), stash the callback list, run the callbacks in registration
+        order (waiters are woken by theirs).
 
         Args:
             timestamp: signal time on the scheduler clock (seconds).
@@ -808,7 +815,7 @@ class DmaFence:
                 self.flags = old | _SIGNALED | _TIMESTAMP
         if old & _SIGNALED:
             return
-        if self._trace._listeners:
+        if self._trace.listeners:
             self._emit("dma_fence_signaled")
         ops = self.ops
         if ops is not None and ops._detaches:
@@ -996,7 +1003,7 @@ class DmaFence:
             return False
         ops = self.ops
         if not old & _ENABLE_SIGNAL and ops is not None and ops._has_enable:
-            if self._trace._listeners:
+            if self._trace.listeners:
                 self._emit("dma_fence_enable_signal")
             if not ops.enable_signaling(self):
                 self.signal_locked()
@@ -1169,7 +1176,7 @@ class DmaFence:
                     remaining = deadline - now()
                     if remaining <= 0:
                         break
-                    tok.acquire(True, remaining)
+                    tok.acquire(True, min(remaining, _TIMEOUT_MAX))
                 if intr_state is not None and intr_state.pending:
                     interrupted = True
                     break
@@ -1228,7 +1235,7 @@ class DmaFence:
         if not self.flags & _ENABLE_SIGNAL:
             self.enable_sw_signaling()
         # (Already enabled: the kernel takes and drops the lock; nothing else happens.)
-        listeners = self._trace._listeners  # TraceBus.active without the property call
+        listeners = self._trace.listeners  # plain attribute: no property call on the hot path
         if listeners:
             self._emit("dma_fence_wait_start")
         try:
@@ -1237,7 +1244,7 @@ class DmaFence:
                 return ops.wait(self, intr, t)
             return self._default_wait(intr, t)
         finally:
-            if self._trace._listeners:
+            if self._trace.listeners:
                 self._emit("dma_fence_wait_end")
 
     def wait(self, intr: bool = False) -> None:
@@ -1498,7 +1505,7 @@ def dma_fence_wait_any_timeout(fences: Sequence[DmaFence], intr: bool,
                 remaining = deadline - sched.now()
                 if remaining <= 0:
                     return 0.0, None
-                tok.acquire(True, remaining)
+                tok.acquire(True, min(remaining, _TIMEOUT_MAX))
         if deadline == math.inf:
             return math.inf, idx
         return max(deadline - sched.now(), _MIN_REMAINING), idx

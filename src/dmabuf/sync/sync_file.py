@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import errno
 import math
+import threading
 from dataclasses import dataclass
 
 from dmabuf.errors import DmaBufError
@@ -259,7 +260,8 @@ class SyncFile:
             remaining = None if deadline == math.inf else deadline - sched.now()
             if remaining is not None and remaining <= 0:
                 return 0
-            self._wq.wait(remaining, "poll(sync_file)")
+            self._wq.wait(None if remaining is None else min(remaining, threading.TIMEOUT_MAX),
+                          "poll(sync_file)")
 
     def set_deadline(self, deadline: float) -> None:
         """Pass a deadline hint to the fence — SYNC_IOC_SET_DEADLINE.

@@ -203,6 +203,10 @@ def _apt_download(pattern_package: str, dest: Path) -> None:
 
 def _pick_kernel_package() -> str:
     """The preferred kernel package if apt knows it, else the newest 6.12 amd64 one."""
+    if shutil.which("apt-cache") is None or shutil.which("apt-get") is None:
+        raise QemuUnavailable("no linux-image-6.12 .deb in the cache and no apt to fetch one: "
+                              "copy linux-image-6.12.*-amd64-unsigned_*.deb into "
+                              f"{cache_dir() / 'debs'} or run .ci/install-qemu.sh")
     policy = subprocess.run(["apt-cache", "show", PREFERRED_KERNEL_PACKAGE],
                             capture_output=True, text=True, check=False)
     if policy.returncode == 0 and policy.stdout.strip():

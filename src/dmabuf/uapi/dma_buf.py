@@ -195,8 +195,8 @@ class DmaBufFile(FdObject):
         """Take ownership of ``fd``, checking (by its ``/proc/self/fd`` link) that it is a dma-buf.
 
         Args:
-            fd: the descriptor (owned by the new object, even when the check fails: then it is
-                left open for the caller — ownership is only taken on success).
+            fd: the descriptor; ownership passes to the new object only on success (when the
+                check fails the fd stays open and the caller's).
             backend: None for the running kernel.
             check: verify the fd is a dma-buf.
 
@@ -206,6 +206,8 @@ class DmaBufFile(FdObject):
         Raises:
             DmaBufError: ENOTTY (what the kernel's dma-buf ioctls would answer) if ``fd`` is
                 not a dma-buf; EBADF if it is not open.
+
+        Kernel: drivers/dma-buf/dma-buf.c, dmabuffs_dname() (the link name checked).
         """
         be = backend if backend is not None else default_backend()
         if check:
@@ -253,14 +255,20 @@ class DmaBufFile(FdObject):
 
     @property
     def inode(self) -> int:
-        """The inode number (the ``ino`` of fdinfo and debugfs bufinfo) — ``fstat(2)``."""
+        """The inode number (the ``ino`` of fdinfo and debugfs bufinfo) — ``fstat(2)``.
+
+        Kernel: drivers/dma-buf/dma-buf.c, dma_buf_getfile() (one inode per dma-buf).
+        """
         try:
             return self._backend.fstat(self.fileno()).st_ino
         except OSError as e:
             raise os_error(e, f"fstat of dma-buf fd {self._fd}") from e
 
     def dup(self) -> DmaBufFile:
-        """A second owned fd for the same dma-buf — ``fcntl(F_DUPFD_CLOEXEC)``."""
+        """A second owned fd for the same dma-buf — ``fcntl(F_DUPFD_CLOEXEC)``.
+
+        Kernel: fs/fcntl.c, F_DUPFD_CLOEXEC (another reference to the same struct file).
+        """
         try:
             fd = self._backend.dup(self.fileno())
         except OSError as e:
@@ -305,11 +313,17 @@ class DmaBufFile(FdObject):
                 raise self._ioctl_error(e, f"DMA_BUF_IOCTL_SYNC flags {flags:#x}") from e
 
     def sync_start(self, *, read: bool = True, write: bool = False) -> None:
-        """``DMA_BUF_IOCTL_SYNC(START | READ/WRITE)`` — ``dma_buf_begin_cpu_access``."""
+        """``DMA_BUF_IOCTL_SYNC(START | READ/WRITE)`` — ``dma_buf_begin_cpu_access``.
+
+        Kernel: drivers/dma-buf/dma-buf.c, dma_buf_begin_cpu_access().
+        """
         self.sync(DMA_BUF_SYNC_START | _rw(read, write, "sync_start"))
 
     def sync_end(self, *, read: bool = True, write: bool = False) -> None:
-        """``DMA_BUF_IOCTL_SYNC(END | READ/WRITE)`` — ``dma_buf_end_cpu_access``."""
+        """``DMA_BUF_IOCTL_SYNC(END | READ/WRITE)`` — ``dma_buf_end_cpu_access``.
+
+        Kernel: drivers/dma-buf/dma-buf.c, dma_buf_end_cpu_access().
+        """
         self.sync(DMA_BUF_SYNC_END | _rw(read, write, "sync_end"))
 
     def _ioctl_error(self, e: OSError, what: str) -> DmaBufError:
@@ -460,6 +474,9 @@ class DmaBufFile(FdObject):
 
         Returns:
             True if ``poll`` is not ready for that access right now.
+
+        Kernel: drivers/dma-buf/dma-buf.c, dma_buf_poll(); IGT lib/dmabuf_sync_file.c,
+            dmabuf_busy().
         """
         flags = _rw(read, write, "busy")
         events = select.POLLOUT if flags & DMA_BUF_SYNC_WRITE else select.POLLIN
@@ -477,6 +494,8 @@ class DmaBufFile(FdObject):
 
         Returns:
             True when ready, False on timeout.
+
+        Kernel: drivers/dma-buf/dma-buf.c, dma_buf_poll(), dma_buf_poll_cb().
         """
         events = select.POLLOUT if write else select.POLLIN
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
@@ -526,12 +545,18 @@ class DmaBufFile(FdObject):
 
     @property
     def name(self) -> str | None:
-        """The name set with :meth:`set_name` (None if never set), from fdinfo."""
+        """The name set with :meth:`set_name` (None if never set), from fdinfo.
+
+        Kernel: drivers/dma-buf/dma-buf.c, dma_buf_show_fdinfo().
+        """
         return self.fdinfo().name
 
     @property
     def exp_name(self) -> str:
-        """The exporter's name (``system``, ``udmabuf``, ``drm``), from fdinfo."""
+        """The exporter's name (``system``, ``udmabuf``, ``drm``), from fdinfo.
+
+        Kernel: drivers/dma-buf/dma-buf.c, dma_buf_show_fdinfo().
+        """
         return self.fdinfo().exp_name
 
     # ---------------------------------------------------------------- sync_file transfer
@@ -556,7 +581,10 @@ class DmaBufFile(FdObject):
         return self.export_sync_file_flags(_rw(read, write, "export_sync_file"))
 
     def export_sync_file_flags(self, flags: int, *, validate: bool = True) -> SyncFile:
-        """``EXPORT_SYNC_FILE`` with raw flags (see :meth:`export_sync_file`)."""
+        """``EXPORT_SYNC_FILE`` with raw flags (see :meth:`export_sync_file`).
+
+        Kernel: drivers/dma-buf/dma-buf.c, dma_buf_export_sync_file().
+        """
         if validate:
             check_sync_file_flags(flags, "EXPORT_SYNC_FILE")
         buf = bytearray(ctypes.sizeof(DmaBufExportSyncFile))
@@ -587,7 +615,10 @@ class DmaBufFile(FdObject):
 
     def import_sync_file_flags(self, sync_file: SyncFile | int, flags: int, *,
                                validate: bool = True) -> None:
-        """``IMPORT_SYNC_FILE`` with raw flags (see :meth:`import_sync_file`)."""
+        """``IMPORT_SYNC_FILE`` with raw flags (see :meth:`import_sync_file`).
+
+        Kernel: drivers/dma-buf/dma-buf.c, dma_buf_import_sync_file().
+        """
         if validate:
             check_sync_file_flags(flags, "IMPORT_SYNC_FILE")
         sfd = sync_file.fileno() if isinstance(sync_file, FdObject) else int(sync_file)

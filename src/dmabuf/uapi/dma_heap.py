@@ -75,6 +75,8 @@ def list_heaps(backend: UapiBackend | None = None, root: str = DMA_HEAP_ROOT) ->
 
     Raises:
         DmaBufError: EACCES if the directory cannot be read.
+
+    Kernel: drivers/dma-buf/dma-heap.c, dma_heap_devnode() ("dma_heap/<name>").
     """
     be = backend if backend is not None else default_backend()
     try:

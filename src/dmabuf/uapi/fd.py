@@ -22,6 +22,7 @@ Kernel: fs/file.c (close_fd(), the fd table), fs/file_table.c (fput()).
 from __future__ import annotations
 
 import errno
+import os
 import weakref
 from types import TracebackType
 from typing import Self
@@ -51,13 +52,10 @@ def os_error(e: OSError, what: str, hints: dict[int, str] | None = None) -> DmaB
         The error to raise (``raise os_error(e, ...) from e``).
     """
     if isinstance(e, DmaBufError) and not hints:
-        return e
+        return e  # already explained (a model backend raises DmaBufError itself)
     code = e.errno if e.errno is not None else errno.EIO
     hint = (hints or {}).get(code) or _GENERIC_HINTS.get(code, "")
-    detail = e.strerror or ""
-    if isinstance(e, DmaBufError):
-        detail = e.strerror or ""
-    msg = f"{what} failed: {errno_name(code)} ({detail})"
+    msg = f"{what} failed: {errno_name(code)} ({e.strerror or os.strerror(code)})"
     if hint:
         msg += f": {hint}"
     return DmaBufError(code, msg)
@@ -120,6 +118,8 @@ class FdObject:
 
         Raises:
             DmaBufError: never for a second call; EIO-class errors of close(2) are reported.
+
+        Kernel: fs/file.c, close_fd(); fs/file_table.c, fput().
         """
         if self._finalizer.detach() is not None:
             try:
@@ -132,6 +132,8 @@ class FdObject:
 
         Raises:
             DmaBufError: EBADF if already closed or detached.
+
+        Kernel: fs/file.c (the fd table entry changes hands).
         """
         fd = self.fileno()
         self._finalizer.detach()

@@ -87,6 +87,8 @@ def parse_fdinfo(text: str, *, fd: int | str = "?") -> DmaBufFdInfo:
     Raises:
         DmaBufError: ENOTTY when the text lacks the dma-buf lines (the fd is not a dma-buf);
             EINVAL when a numeric field is malformed.
+
+    Kernel: drivers/dma-buf/dma-buf.c, dma_buf_show_fdinfo(); fs/proc/fd.c, seq_show().
     """
     raw: dict[str, str] = {}
     for line in text.splitlines():
@@ -146,6 +148,8 @@ def process_dmabufs(pid: int | str = "self",
 
     Raises:
         DmaBufError: if ``/proc/<pid>/fd`` cannot be listed (EACCES for another user's).
+
+    Kernel: fs/proc/fd.c (proc_fd_link(), seq_show()); dma-buf.c, dmabuffs_dname().
     """
     be = backend if backend is not None else default_backend()
     try:
@@ -242,6 +246,9 @@ def parse_bufinfo(text: str) -> BufInfo:
         if line.strip() == "Dma-buf Objects:":
             header_seen = True
             continue
+        if not header_seen:
+            raise DmaBufError(errno.EINVAL, f"not a dma_buf/bufinfo file: it starts with {line!r} "
+                                            "instead of 'Dma-buf Objects:'")
         if line.startswith("size") and "exp_name" in line:
             continue
         m = _TOTAL_RE.match(line)
@@ -287,6 +294,8 @@ def read_bufinfo(backend: UapiBackend | None = None, path: str = BUFINFO_PATH) -
     Raises:
         DmaBufError: ENOENT (debugfs not mounted, or CONFIG_DEBUG_FS off) and EACCES (needs
             root) with what to do; EINVAL for an unparsable file.
+
+    Kernel: drivers/dma-buf/dma-buf.c, dma_buf_debug_show().
     """
     be = backend if backend is not None else default_backend()
     try:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import errno
 
 from dmabuf.errors import DmaBufError
-from dmabuf.uapi.backend import UapiBackend
+from dmabuf.uapi.backend import UapiBackend, default_backend
 from dmabuf.uapi.fd import FdObject, os_error
 
 __all__ = [
@@ -137,8 +137,6 @@ class Memfd(FdObject):
 
         Kernel: mm/memfd.c, sys_memfd_create().
         """
-        from dmabuf.uapi.backend import default_backend
-
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise DmaBufError(errno.EINVAL, f"memfd size must be an int >= 0, got {size!r}")
         be = backend if backend is not None else default_backend()
@@ -173,6 +171,8 @@ class Memfd(FdObject):
 
         Raises:
             DmaBufError: EPERM when F_SEAL_SHRINK/GROW forbid it; EINVAL for size < 0.
+
+        Kernel: mm/shmem.c, shmem_setattr() (seal checks).
         """
         if not isinstance(size, int) or size < 0:
             raise DmaBufError(errno.EINVAL, f"size must be an int >= 0, got {size!r}")
@@ -188,6 +188,8 @@ class Memfd(FdObject):
 
         Raises:
             DmaBufError: EINVAL if the fd is not a shmem/hugetlbfs file.
+
+        Kernel: mm/memfd.c, memfd_get_seals().
         """
         try:
             return self._backend.fcntl(self.fileno(), F_GET_SEALS)
@@ -201,6 +203,8 @@ class Memfd(FdObject):
         Raises:
             DmaBufError: EPERM when F_SEAL_SEAL is set (or MFD_ALLOW_SEALING was not given);
                 EBUSY for F_SEAL_WRITE while writable shared mappings exist.
+
+        Kernel: mm/memfd.c, memfd_add_seals().
         """
         try:
             self._backend.fcntl(self.fileno(), F_ADD_SEALS, seals)

@@ -104,7 +104,10 @@ def recv_fds(sock: socket.socket, maxfds: int = 1, bufsize: int = 16, *,
 
 
 def send_dmabuf(sock: socket.socket, buf: DmaBufFile, data: bytes = b"\0") -> int:
-    """Send one dma-buf over a Unix socket (the sender keeps its fd) — ``SCM_RIGHTS``."""
+    """Send one dma-buf over a Unix socket (the sender keeps its fd) — ``SCM_RIGHTS``.
+
+    Kernel: net/core/scm.c, scm_fp_copy().
+    """
     return send_fds(sock, [buf], data, backend=buf.backend)
 
 
@@ -123,6 +126,8 @@ def recv_dmabuf(sock: socket.socket, *, backend: UapiBackend | None = None,
     Raises:
         DmaBufError: EPIPE if the peer closed without sending; ENOTTY if the fd is not a
             dma-buf (it is closed); EMSGSIZE if more than one fd came.
+
+    Kernel: net/core/scm.c, scm_detach_fds().
     """
     be = backend if backend is not None else default_backend()
     data, fds = recv_fds(sock, 1, backend=be)

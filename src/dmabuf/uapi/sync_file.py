@@ -196,12 +196,18 @@ class SyncFile(FdObject):
 
     @property
     def status(self) -> int:
-        """1 signalled, 0 active, < 0 signalled with that error — ``sync_file_info.status``."""
+        """1 signalled, 0 active, < 0 signalled with that error — ``sync_file_info.status``.
+
+        Kernel: drivers/dma-buf/sync_file.c, sync_file_ioctl_fence_info().
+        """
         return self.info(fences=False).status
 
     @property
     def signaled(self) -> bool:
-        """True once every fence has signalled (poll POLLIN without blocking)."""
+        """True once every fence has signalled (poll POLLIN without blocking).
+
+        Kernel: drivers/dma-buf/sync_file.c, sync_file_poll().
+        """
         return self.wait(0)
 
     def wait(self, timeout: float | None = None) -> bool:

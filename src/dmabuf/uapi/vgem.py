@@ -196,8 +196,12 @@ class VgemBo:
         self._closed = False
 
     def close(self) -> None:
-        """Drop the handle — ``DRM_IOCTL_GEM_CLOSE``; idempotent (and a no-op once the device
-        is closed, which dropped every handle)."""
+        """Drop the handle — ``DRM_IOCTL_GEM_CLOSE``; idempotent.
+
+        A no-op once the device is closed (closing the DRM file dropped every handle).
+
+        Kernel: drivers/gpu/drm/drm_gem.c, drm_gem_close_ioctl(), drm_gem_release().
+        """
         if self._closed:
             return
         self._closed = True
@@ -305,6 +309,8 @@ class VgemDevice(FdObject):
 
         Raises:
             DmaBufError: EINVAL for an unknown handle.
+
+        Kernel: drivers/gpu/drm/drm_gem.c, drm_gem_close_ioctl().
         """
         buf = bytearray(ctypes.sizeof(DrmGemClose))
         DrmGemClose.from_buffer(buf).handle = handle
