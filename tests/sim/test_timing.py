@@ -7,6 +7,8 @@ import errno
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dmabuf.errors import DmaBufError
 from dmabuf.machine import Machine
@@ -200,6 +202,20 @@ def test_arrival_and_departure_reallocate() -> None:
     assert res.timeline.bytes_through("lb", "up") == 1e9
     assert res.timeline.mean_utilisation("lc", "down") == 1.0
     assert res.makespan == 4.0
+
+
+def test_drain_and_arrival_at_the_same_time_are_one_event() -> None:
+    f = _star({"a": 1e9, "b": 1e9, "c": 1e9})
+    sim = FlowSimulator(f)
+    sim.add(FlowSpec("A", f.route("a", "c"), 10**9))
+    sim.add(FlowSpec("B", f.route("b", "c"), 10**9, start_time=1.0))
+    sim.add(FlowSpec("C", f.route("a", "c"), 10**9, start_time=1.0))
+    res = sim.run()
+    assert res.flows["A"].drain_end == 1.0
+    assert res.flows["B"].drain_end == res.flows["C"].drain_end == 3.0
+    assert (res.events, res.allocations) == (3, 2)
+    assert res.timeline.times.tolist() == [0.0, 1.0, 3.0]
+    assert res.timeline.utilisation("la", "up")[1].tolist() == [1.0, 0.5]
 
 
 def test_run_until_a_horizon_reports_unfinished_bytes() -> None:
@@ -480,3 +496,61 @@ def test_fabric_clock_grows_with_the_fabric() -> None:
         return r.end
 
     assert replay(scenario, seed=0) == 2.0
+
+
+def test_zero_byte_transfer_on_the_clock() -> None:
+    def scenario(m: Machine) -> tuple[float, float]:
+        f = _star({"a": 1e9, "c": 1e9}, TimingParams(switch_latency=0.5))
+        fabric_clock(m, f)
+        r = transfer(m, FlowSpec("z", f.route("a", "c"), 0, start_time=1.0))
+        return r.drain_end, r.end
+
+    assert replay(scenario, seed=0) == (1.0, 1.5)
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.lists(st.sampled_from([1e9, 2e9, 4e9]), min_size=3, max_size=4),
+       st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3), st.integers(1, 8),
+                          st.integers(0, 4)), min_size=1, max_size=5),
+       st.integers(0, 1000))
+def test_clock_threads_match_the_simulator(bws: list[float],
+                                           raw: list[tuple[int, int, int, int]],
+                                           seed: int) -> None:
+    """Random transfers on a star: threads on the fabric clock end exactly when the
+    event-driven simulator says they do, whatever the interleaving."""
+    leaves = {f"e{i}": bw for i, bw in enumerate(bws)}
+    names = list(leaves)
+    f = _star(leaves, TimingParams(switch_latency=1e-3))
+    n = len(names)
+    flows = [FlowSpec(f"f{k}", f.route(names[s % n], names[(s + 1 + d % (n - 1)) % n]),
+                      size * 250_000_000, start_time=start * 0.25)
+             for k, (s, d, size, start) in enumerate(raw)]
+    sim = FlowSimulator(f)
+    sim.add_flows(flows)
+    expected = {k: r.end for k, r in sim.run().flows.items()}
+
+    def scenario(m: Machine) -> dict[str, float]:
+        fabric_clock(m, f)
+        tasks = [m.sched.spawn(transfer, m, fl, name=fl.name) for fl in flows]
+        for t in tasks:
+            assert t.join(1e6)
+        return {fl.name: t.result().end for fl, t in zip(flows, tasks, strict=True)}
+
+    got = replay(scenario, seed=seed)
+    assert got.keys() == expected.keys()
+    for k in expected:
+        assert got[k] == pytest.approx(expected[k], rel=1e-9, abs=1e-12)
+
+
+def test_long_runs_of_sequential_flows_stay_exact() -> None:
+    """3,000 back-to-back flows (the fluid forgets drained flows' entries on the way)."""
+    f = _star({"a": 1e9, "b": 1e9, "c": 1e9})
+    sim = FlowSimulator(f, record=False)
+    n = 3000
+    sim.add_flows(FlowSpec(f"f{k}", f.route("a" if k % 2 else "b", "c"), 1_000_000,
+                           start_time=k * 1e-3) for k in range(n))
+    res = sim.run()
+    ends = np.array([res.flows[f"f{k}"].drain_end for k in range(n)])
+    np.testing.assert_allclose(ends, (np.arange(n) + 1) * 1e-3, rtol=1e-12)
+    assert res.events == n + 1
+    assert res.timeline.times.size == 0  # record=False

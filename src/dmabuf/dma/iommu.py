@@ -225,7 +225,7 @@ class IommuDomain:
 
     def _emit(self, name: str, **fields: Any) -> None:
         trace = self.machine.trace
-        if trace._listeners:
+        if trace.active:
             trace.emit(name, domain=self.name, **fields)
 
     # ------------------------------------------------------------------ page table

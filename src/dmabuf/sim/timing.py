@@ -430,6 +430,8 @@ class _Fluid:
         self.segments: list[tuple[float, float, np.ndarray | None]] = []
         self.allocations = 0
         self.events = 0
+        self._last_event: float | None = None
+        self._dirty = False
 
     # registration -------------------------------------------------------------------------
     def grow_channels(self, capacity: np.ndarray) -> None:
@@ -501,6 +503,7 @@ class _Fluid:
         self.t = t_new
 
     def _recompute(self) -> None:
+        self._dirty = False
         self._flush()
         n = self.n
         act = self.active[:n]
@@ -510,6 +513,11 @@ class _Fluid:
             self._load = np.zeros(self.cap.size)
             return
         ent = act[self._fi]
+        if self._fi.size > 4096 and self._fi.size > 8 * int(np.count_nonzero(ent)):
+            # A long-lived clock: forget the entries of drained flows.
+            keep = ~self.drained[self._fi]
+            self._fi, self._ci, self._w = self._fi[keep], self._ci[keep], self._w[keep]
+            ent = act[self._fi]
         local = np.full(n, -1, np.int64)
         local[ids] = np.arange(ids.size, dtype=np.int64)
         mm = _max_min_core(local[self._fi[ent]], self._ci[ent], self._w[ent], self.cap,
@@ -519,30 +527,28 @@ class _Fluid:
         self._load = mm.load
         self.allocations += 1
 
+    def _event(self, t: float) -> None:
+        if self._last_event != t:
+            self.events += 1
+            self._last_event = t
+
     def activate(self, ids: Sequence[int] | np.ndarray, t: float) -> None:
-        """Start draining flows ``ids`` at time ``t`` (processing earlier drains first)."""
+        """Start draining flows ``ids`` at time ``t`` (processing earlier drains first; drains
+        due at ``t`` itself share this event's single reallocation)."""
         if self.t is None:
             self.t = t
-        self.advance(t)
+        self.advance(t, defer_at_target=True)
         ids = np.asarray(ids, dtype=np.int64)
         self.data_start[ids] = t
         empty = ids[self.bytes[ids] <= 0]
         self.drained[empty] = True
         self.drain_end[empty] = t
         full = ids[self.bytes[ids] > 0]
-        self.events += 1
+        self._event(t)
         if full.size:
             self.active[full] = True
+        if full.size or self._dirty:
             self._recompute()
-
-    def next_drain(self) -> float:
-        """Time of the next drain at current rates (inf when nothing drains)."""
-        if self.t is None:
-            return math.inf
-        idx = np.flatnonzero(self.active[: self.n])
-        if idx.size == 0:
-            return math.inf
-        return self.t + float(np.min(self.remaining[idx] / self.rate[idx]))
 
     def predicted_drain(self, i: int) -> float:
         """When flow ``i`` would finish at current rates."""
@@ -551,9 +557,10 @@ class _Fluid:
         assert self.t is not None
         return self.t + float(self.remaining[i] / self.rate[i])
 
-    def advance(self, t_target: float) -> bool:
+    def advance(self, t_target: float, *, defer_at_target: bool = False) -> bool:
         """Move time to ``t_target`` (``inf``: until every flow drained), processing drains in
-        order. Returns True when the rates changed."""
+        order. Returns True when the rates changed. With ``defer_at_target``, drains due at
+        ``t_target`` itself leave the reallocation to the caller (``_dirty``)."""
         changed = False
         if self.t is None:
             if math.isfinite(t_target):
@@ -576,9 +583,12 @@ class _Fluid:
                 self.active[done] = False
                 self.drained[done] = True
                 self.drain_end[done] = t_next
-                self.events += 1
-                self._recompute()
+                self._event(t_next)
                 changed = True
+                if defer_at_target and t_next >= t_target - _tol(t_target):
+                    self._dirty = True  # the caller reallocates once, after its arrivals
+                    return changed
+                self._recompute()
                 continue
             self._step(t_target)
             return changed

@@ -1,0 +1,18 @@
+"""Layer 5 — device drivers built only from the layers below (amdgpu/TTM, mlx5, nvme, vfio…).
+
+* :mod:`~dmabuf.devices.platform` — :class:`Platform`: the modelled computer (RAM, BARs, IOMMU,
+  per-function DMA views, driver binding);
+* :mod:`~dmabuf.devices.base` — :class:`Device`: a bound PCI function with its DMA engine, fence
+  timelines and job queues (:class:`WorkQueue`);
+* :mod:`~dmabuf.devices.gpu` — :class:`Gpu`: an amdgpu/TTM-like dynamic dma-buf exporter.
+
+Kernel: drivers/base/dd.c, drivers/gpu/drm/amd/amdgpu, drivers/gpu/drm/ttm, …
+"""
+
+# A plain list of re-exports; each module's owner appends only their own lines.
+from dmabuf.devices.base import Device as Device
+from dmabuf.devices.base import DeviceFenceOps as DeviceFenceOps
+from dmabuf.devices.base import Job as Job
+from dmabuf.devices.base import WorkQueue as WorkQueue
+from dmabuf.devices.platform import DEFAULT_RAM_SIZE as DEFAULT_RAM_SIZE
+from dmabuf.devices.platform import Platform as Platform
