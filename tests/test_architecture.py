@@ -38,7 +38,7 @@ def _modules() -> list[Path]:
 def _imports(path: Path) -> list[tuple[int, str]]:
     tree = ast.parse(path.read_text(), filename=str(path))
     rel = path.relative_to(SRC.parent).with_suffix("")
-    pkg_parts = list(rel.parts[:-1]) if rel.name != "__init__" else list(rel.parts[:-1])
+    pkg_parts = list(rel.parts[:-1])
     out: list[tuple[int, str]] = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):

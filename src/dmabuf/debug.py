@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 from dmabuf.errors import ContractViolation
 
-__all__ = ["HeldLock", "LockTracker", "RESV_CLASS"]
+__all__ = ["RESV_CLASS", "HeldLock", "LockTracker"]
 
 #: Name of the lock class every reservation object's ww_mutex belongs to.
 RESV_CLASS = "reservation_ww_class_mutex"

@@ -56,10 +56,10 @@ class DmaBufError(OSError):
         self.strerror = message
 
     def __str__(self) -> str:
-        return f"[{errno_name(self.errno)}] {self.strerror}"
+        return f"[{errno_name(self.errno or 0)}] {self.strerror}"
 
     def __reduce__(self) -> tuple[type, tuple[int, str]]:
-        return (type(self), (self.errno, self.strerror or ""))
+        return (type(self), (self.errno or 0, self.strerror or ""))
 
 
 class WouldDeadlock(DmaBufError):

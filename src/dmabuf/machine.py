@@ -79,7 +79,7 @@ class Machine:
 
     # kernel globals -------------------------------------------------------------------------
     def fence_context_alloc(self, num: int = 1) -> int:
-        """Allocate ``num`` consecutive fence contexts; return the first — dma_fence_context_alloc().
+        """Allocate ``num`` consecutive fence contexts — dma_fence_context_alloc().
 
         Args:
             num: how many contexts (> 0).
@@ -118,13 +118,13 @@ class Machine:
         The factory runs under a raw lock: it must not block or reach a scheduling point.
         """
         try:
-            return self._state[cls]  # type: ignore[no-any-return]
+            return self._state[cls]
         except KeyError:
             pass
         with self._counter_lock:
             if cls not in self._state:
                 self._state[cls] = (factory or cls)(self)  # type: ignore[call-arg]
-            return self._state[cls]  # type: ignore[no-any-return]
+            return self._state[cls]
 
     # current machine ------------------------------------------------------------------------
     def __enter__(self) -> Machine:

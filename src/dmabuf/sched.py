@@ -38,6 +38,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from dmabuf.errors import ContractViolation, DeadlockDetected
@@ -71,7 +72,8 @@ class SchedLock(Protocol):
     def release(self) -> None: ...
     def locked(self) -> bool: ...
     def __enter__(self) -> bool: ...
-    def __exit__(self, *exc: object) -> None: ...
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None, /) -> None: ...
 
 
 @runtime_checkable
@@ -85,7 +87,8 @@ class SchedCondition(Protocol):
     def notify(self, n: int = 1) -> None: ...
     def notify_all(self) -> None: ...
     def __enter__(self) -> bool: ...
-    def __exit__(self, *exc: object) -> None: ...
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None, /) -> None: ...
 
 
 @runtime_checkable
@@ -142,12 +145,12 @@ def _check_timeout(timeout: float | None) -> None:
 
 
 class _FreeCondition(threading.Condition):
-    def wait(self, timeout: float | None = None, what: str = "") -> bool:  # type: ignore[override]
+    def wait(self, timeout: float | None = None, what: str = "") -> bool:
         return super().wait(timeout)
 
 
 class _FreeEvent(threading.Event):
-    def wait(self, timeout: float | None = None, what: str = "") -> bool:  # type: ignore[override]
+    def wait(self, timeout: float | None = None, what: str = "") -> bool:
         return super().wait(timeout)
 
 
@@ -209,7 +212,7 @@ class FreeScheduler:
         return None
 
     def spawn(self, fn: Callable[..., Any], *args: Any, name: str | None = None) -> Task:
-        return _FreeTask(fn, args, name or getattr(fn, "__name__", "task"))
+        return _FreeTask(fn, args, name or str(getattr(fn, "__name__", "task")))
 
     def __repr__(self) -> str:
         return "FreeScheduler()"
@@ -321,7 +324,8 @@ class _CLock:
     def __enter__(self) -> bool:
         return self.acquire()
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None, /) -> None:
         self.release()
 
 
@@ -379,7 +383,8 @@ class _CCondition:
     def __enter__(self) -> bool:
         return self._lock.acquire()
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None, /) -> None:
         self._lock.release()
 
 
@@ -511,7 +516,7 @@ class ControlledScheduler:
                 t.thread.join(5.0)
         if self._failure is not None:
             raise self._failure
-        return main.result()  # type: ignore[no-any-return]
+        return main.result()
 
     def _new_task(self, fn: Callable[..., Any], args: tuple[Any, ...],
                   name: str | None) -> _CTask:
@@ -560,7 +565,7 @@ class ControlledScheduler:
             raise ContractViolation(
                 "sched", f"{op}: a primitive of {self!r} was used by a thread that is not part "
                 "of its run; create model objects inside ControlledScheduler.run()")
-        return task  # type: ignore[no-any-return]
+        return task
 
     def _wake(self, task: _CTask) -> None:
         if task.state == _BLOCKED:
@@ -594,8 +599,8 @@ class ControlledScheduler:
                 self._abort_all()
                 runnable = [t for t in self._tasks if t.state == _RUNNABLE]
             else:
-                when = min(t.deadline for t in timed)  # type: ignore[type-var]
-                self._clock = max(self._clock, when)  # type: ignore[type-var]
+                when = min(t.deadline for t in timed if t.deadline is not None)
+                self._clock = max(self._clock, when)
                 for t in timed:
                     if t.deadline is not None and t.deadline <= self._clock:
                         t.state = _RUNNABLE

@@ -38,8 +38,18 @@ CASES = list(qemu.P2P_CASES) if _env == "all" else [c for c in _env.split(",") i
 P2P_LOG_RE = re.compile(r"peer-to-peer|ACS redirect|disable_acs_redir|P2PDMA whitelist")
 
 
+def _selected_cases(session: pytest.Session) -> list[str]:
+    """The cases whose tests were selected (``-k`` may have deselected some)."""
+    chosen = {item.callspec.params["case"] for item in session.items
+              if getattr(item, "callspec", None) is not None
+              and "case" in item.callspec.params and item.module is not None
+              and item.module.__name__ == __name__}
+    return [c for c in CASES if c in chosen] or list(CASES)
+
+
 @pytest.fixture(scope="session")
-def p2p_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def p2p_runs(request: pytest.FixtureRequest,
+             tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Run every selected case (two at a time); case -> P2PCaseRun or the failure text."""
     reason = qemu.qemu_unavailable_reason()
     if reason:
@@ -54,7 +64,8 @@ def p2p_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     if not (qemu.p2p_kit_dir() / "bzImage-6.12-p2pdma").exists():
         pytest.skip(f"P2P oracle kit not found at {qemu.p2p_kit_dir()}")
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        futs = {c: pool.submit(qemu.run_p2p_case, c, base / c, timeout=150) for c in CASES}
+        futs = {c: pool.submit(qemu.run_p2p_case, c, base / c, timeout=150)
+                for c in _selected_cases(request.session)}
         for c, f in futs.items():
             try:
                 out[c] = f.result(timeout=400)

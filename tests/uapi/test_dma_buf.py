@@ -284,3 +284,14 @@ def test_size_is_seek_end_and_cached(fb: SyncRecordingBackend) -> None:
         assert buf.size == 5 * PAGE  # a dma-buf's size never changes: cached
         with buf.dup() as d:
             assert d.size == 5 * PAGE and d.inode == buf.inode
+
+
+def test_numpy_dtype_must_divide_the_length(fb: SyncRecordingBackend) -> None:
+    buf, mem = fake_dmabuf(fb, PAGE)
+    with buf, mem:
+        with pytest.raises(DmaBufError, match="multiple of uint64") as ei, \
+                buf.cpu_access(length=12, dtype=np.uint64):
+            pass
+        assert ei.value.errno == errno.EINVAL and fb.sync_calls == []
+        with buf.cpu_access(length=16, dtype="<u8") as a:
+            assert a.shape == (2,)

@@ -16,3 +16,9 @@ from dmabuf.devices.base import Job as Job
 from dmabuf.devices.base import WorkQueue as WorkQueue
 from dmabuf.devices.platform import DEFAULT_RAM_SIZE as DEFAULT_RAM_SIZE
 from dmabuf.devices.platform import Platform as Platform
+from dmabuf.devices.gpu import AmdgpuDomain as AmdgpuDomain
+from dmabuf.devices.gpu import Gpu as Gpu
+from dmabuf.devices.gpu import GpuBo as GpuBo
+from dmabuf.devices.gpu import GpuBoMapping as GpuBoMapping
+from dmabuf.devices.gpu import GpuDmaBufOps as GpuDmaBufOps
+from dmabuf.devices.gpu import TtmPl as TtmPl

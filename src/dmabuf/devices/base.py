@@ -61,11 +61,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from dmabuf.buf.dma_engine import DmaEngine, Mapping, Owner
+from dmabuf.buf.dma_engine import DmaEngine, DmaFault, DmaFaultLog, Mapping, Owner
 from dmabuf.dma.defs import dma_bit_mask
 from dmabuf.dma.device import DmaDevice
 from dmabuf.dma.mapping import dma_set_mask_and_coherent
-from dmabuf.errors import DmaBufError
+from dmabuf.errors import DmaBufError, IommuFault
 from dmabuf.machine import Machine
 from dmabuf.pci.topology import PciDev
 from dmabuf.sched import Task
@@ -125,6 +125,7 @@ class Job:
     deps: tuple[DmaFence, ...]
     name: str
     duration: float = 0.0
+    propagate_errors: bool = True
     result: Any = field(default=None, repr=False)
 
 
@@ -180,7 +181,7 @@ class WorkQueue:
 
     # ------------------------------------------------------------------ submission
     def submit(self, fn: Callable[[], Any], *, deps: Iterable[DmaFence] = (), name: str = "job",
-               duration: float = 0.0) -> DmaFence:
+               duration: float = 0.0, propagate_errors: bool = True) -> DmaFence:
         """Queue a job; return its finished fence — ``drm_sched_job_arm`` + ``push_job``.
 
         Args:
@@ -190,6 +191,9 @@ class WorkQueue:
             name: shown in traces and errors.
             duration: seconds of hardware time the job takes (``sched.sleep`` before the body;
                 virtual time under the controlled scheduler). >= 0.
+            propagate_errors: a dependency's error fails the job without running the body
+                (default). False runs the body anyway — what memory-management jobs (TTM moves)
+                need: the bytes must move whatever happened to earlier work.
         Context: never blocks (may start the worker thread); takes the queue lock.
         Returns: the fence (seqno = position on this ring's timeline); the caller owns one
             reference.
@@ -215,7 +219,8 @@ class WorkQueue:
                                   "no more jobs")
             self._seqno += 1
             fence = DmaFence(self.ops, self.context, self._seqno, machine=self.machine)
-            job = Job(fn, fence, tuple(d.get() for d in dl), name, float(duration))
+            job = Job(fn, fence, tuple(d.get() for d in dl), name, float(duration),
+                      bool(propagate_errors))
             ret = fence.get()          # the caller's reference, before the worker can drop its own
             self._jobs.append(job)
             self._last = fence
@@ -264,7 +269,7 @@ class WorkQueue:
         err = 0
         for d in job.deps:
             d.wait(False)
-            if d.error and not err:
+            if d.error and not err and job.propagate_errors:
                 err = d.error
             d.put()
         if job.duration > 0:
@@ -432,11 +437,15 @@ class Device:
         return q
 
     def submit(self, fn: Callable[[], Any], *, ring: str | None = None,
-               deps: Iterable[DmaFence] = (), name: str = "job",
-               duration: float = 0.0) -> DmaFence:
-        """Queue a job on ``ring``; see :meth:`WorkQueue.submit`."""
+               deps: Iterable[DmaFence] = (), name: str = "job", duration: float = 0.0,
+               propagate_errors: bool = True) -> DmaFence:
+        """Queue a job on ``ring``; see :meth:`WorkQueue.submit`.
+
+        Raises: DmaBufError(ENODEV): the device was removed; DmaBufError(EINVAL): unknown ring.
+        """
         self._check_alive("submit")
-        return self.queue(ring).submit(fn, deps=deps, name=name, duration=duration)
+        return self.queue(ring).submit(fn, deps=deps, name=name, duration=duration,
+                                       propagate_errors=propagate_errors)
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until every ring is idle; False on timeout."""
@@ -479,6 +488,23 @@ class Device:
                  length: int | None = None) -> None:
         """Device copy between two of its mappings (see :meth:`DmaEngine.copy`)."""
         self.engine.copy(dst, src, dst_owner=dst_owner, src_owner=src_owner, length=length)
+
+    def record_fault(self, op: str, exc: IommuFault, owner: Owner = None) -> IommuFault:
+        """Log a DMA fault the device's own engine logic detected (device-local memory paths).
+
+        Appends to the engine's fault list and the machine's ``DmaFaultLog``, emits the
+        ``dma_fault`` trace event, and returns ``exc`` for the caller to raise — the same
+        bookkeeping :class:`DmaEngine` does for transfers through DMA addresses.
+        """
+        rec = DmaFault(self.name, op, exc.dma_addr, exc.strerror or str(exc),
+                       self.machine.sched.now(), owner)
+        self.engine.faults.append(rec)
+        self.machine.state(DmaFaultLog).append(rec)
+        self.machine.trace.emit("dma_fault", device=self.name, op=op, dma_addr=exc.dma_addr,
+                                message=rec.message)
+        if not exc.device:
+            exc.device = self.name
+        return exc
 
     @property
     def faults(self) -> list[Any]:

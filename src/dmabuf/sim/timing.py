@@ -432,6 +432,8 @@ class _Fluid:
         self.events = 0
         self._last_event: float | None = None
         self._dirty = False
+        self.nent = np.zeros(0, np.int64)
+        self._dead = 0  # entries of drained flows still in the flat arrays
 
     # registration -------------------------------------------------------------------------
     def grow_channels(self, capacity: np.ndarray) -> None:
@@ -460,12 +462,16 @@ class _Fluid:
             newi = np.full(size, DEMAND, np.int64)
             newi[: self.bottleneck.size] = self.bottleneck
             self.bottleneck = newi
+            newn = np.zeros(size, np.int64)
+            newn[: self.nent.size] = self.nent
+            self.nent = newn
         lens = np.fromiter((r.info.channels.size for r in flows), np.int64, k)
         fi = np.repeat(np.arange(first, first + k, dtype=np.int64), lens)
         ci = np.concatenate([r.info.channels for r in flows])
         w = np.concatenate([r.info.counts for r in flows])
         self._pending.append((fi, ci, w))
         sl = slice(first, first + k)
+        self.nent[sl] = lens
         self.bytes[sl] = [r.spec.bytes for r in flows]
         self.remaining[sl] = self.bytes[sl]
         self.ceiling[sl] = [r.ceiling for r in flows]
@@ -512,12 +518,12 @@ class _Fluid:
         if ids.size == 0:
             self._load = np.zeros(self.cap.size)
             return
-        ent = act[self._fi]
-        if self._fi.size > 4096 and self._fi.size > 8 * int(np.count_nonzero(ent)):
-            # A long-lived clock: forget the entries of drained flows.
+        if self._dead > 4096 and 2 * self._dead > self._fi.size:
+            # A long run: forget the entries of drained flows.
             keep = ~self.drained[self._fi]
             self._fi, self._ci, self._w = self._fi[keep], self._ci[keep], self._w[keep]
-            ent = act[self._fi]
+            self._dead = 0
+        ent = act[self._fi]
         local = np.full(n, -1, np.int64)
         local[ids] = np.arange(ids.size, dtype=np.int64)
         mm = _max_min_core(local[self._fi[ent]], self._ci[ent], self._w[ent], self.cap,
@@ -528,9 +534,9 @@ class _Fluid:
         self.allocations += 1
 
     def _event(self, t: float) -> None:
-        if self._last_event != t:
+        if self._last_event is None or abs(t - self._last_event) > _tol(t):
             self.events += 1
-            self._last_event = t
+        self._last_event = t
 
     def activate(self, ids: Sequence[int] | np.ndarray, t: float) -> None:
         """Start draining flows ``ids`` at time ``t`` (processing earlier drains first; drains
@@ -543,6 +549,7 @@ class _Fluid:
         empty = ids[self.bytes[ids] <= 0]
         self.drained[empty] = True
         self.drain_end[empty] = t
+        self._dead += int(self.nent[empty].sum())
         full = ids[self.bytes[ids] > 0]
         self._event(t)
         if full.size:
@@ -583,6 +590,7 @@ class _Fluid:
                 self.active[done] = False
                 self.drained[done] = True
                 self.drain_end[done] = t_next
+                self._dead += int(self.nent[done].sum())
                 self._event(t_next)
                 changed = True
                 if defer_at_target and t_next >= t_target - _tol(t_target):

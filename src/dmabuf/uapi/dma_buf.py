@@ -381,6 +381,15 @@ class DmaBufFile(FdObject):
             raise DmaBufError(errno.EINVAL, (
                 f"cpu_access range offset={offset!r} length={length!r} is not inside the "
                 f"{size}-byte dma-buf"))
+        np_dtype: Any = None
+        if dtype is not None:
+            import numpy as np
+
+            np_dtype = np.dtype(dtype)
+            if length % np_dtype.itemsize:
+                raise DmaBufError(errno.EINVAL, (
+                    f"cpu_access length {length} is not a multiple of {np_dtype} "
+                    f"({np_dtype.itemsize} bytes)"))
         page = self._backend.page_size
         map_off = offset - offset % page
         map_len = offset + length - map_off
@@ -403,10 +412,10 @@ class DmaBufFile(FdObject):
         held: dict[str, Any] = {"region": region}
         held["whole"] = memoryview(region)  # type: ignore[arg-type]
         held["view"] = held["whole"][offset - map_off: offset - map_off + length]
-        if dtype is not None:
+        if np_dtype is not None:
             import numpy as np
 
-            held["arr"] = np.frombuffer(held["view"], dtype=dtype)
+            held["arr"] = np.frombuffer(held["view"], dtype=np_dtype)
         failed = True
         try:
             yield held.get("arr", held["view"])
