@@ -31,8 +31,9 @@ from typing import Any
 import pytest
 
 from dmabuf.testing import qemu
+from dmabuf.testing.paths import sysfs_roots_dir
 
-FIXTURES = Path("/work/shared/fixtures/sysfs-roots")
+FIXTURES = sysfs_roots_dir()
 _env = os.environ.get("PYDMABUF_P2P_CASES", "all")
 CASES = list(qemu.P2P_CASES) if _env == "all" else [c for c in _env.split(",") if c]
 P2P_LOG_RE = re.compile(r"peer-to-peer|ACS redirect|disable_acs_redir|P2PDMA whitelist")

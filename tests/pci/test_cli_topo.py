@@ -9,8 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from dmabuf.cli import main
+from dmabuf.testing.paths import sysfs_roots_dir
 
-FIX = Path("/work/shared/fixtures/sysfs-roots")
+FIX = sysfs_roots_dir()
 needs_fixtures = pytest.mark.skipif(not (FIX / "f3b_fakedsp_acs_intel").is_dir(),
                                     reason=f"fixtures not found at {FIX}")
 

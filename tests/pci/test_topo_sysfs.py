@@ -19,8 +19,9 @@ from dmabuf.pci import (
     load_sysfs,
     pci_p2pdma_distance,
 )
+from dmabuf.testing.paths import sysfs_roots_dir
 
-FIXTURES = Path("/work/shared/fixtures/sysfs-roots")
+FIXTURES = sysfs_roots_dir()
 CASES = sorted(p.parent.name for p in FIXTURES.glob("*/expected.json"))
 needs_fixtures = pytest.mark.skipif(not CASES, reason=f"fixtures not found at {FIXTURES}")
 

@@ -183,7 +183,7 @@ class GpuBo:
         self.name = name or f"bo{self.id}"
         self.size = size
         self.resv = DmaResv(machine=gpu.machine)
-        self.owner = gpu.phys.new_owner(f"{gpu.name} bo {name}")
+        self.owner = gpu.phys.new_owner(f"{gpu.name} bo {self.name}")
         self.preferred_domains = preferred
         self.allowed_domains = allowed
         self.cpu_access_required = cpu_access_required

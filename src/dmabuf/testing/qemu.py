@@ -56,6 +56,8 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
+from dmabuf.testing.paths import shared_dir
+
 __all__ = [
     "P2P_CASES",
     "BootResult",
@@ -649,7 +651,7 @@ def _shq(s: str) -> str:
 
 def p2p_kit_dir() -> Path:
     """The P2PDMA kernel kit (``$PYDMABUF_P2P_KIT`` or ``/work/shared/kernel``)."""
-    return Path(os.environ.get("PYDMABUF_P2P_KIT", "/work/shared/kernel"))
+    return Path(os.environ.get("PYDMABUF_P2P_KIT", str(shared_dir() / "kernel")))
 
 
 @dataclasses.dataclass
