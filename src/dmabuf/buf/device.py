@@ -66,6 +66,11 @@ class DmaDataDirection(enum.IntEnum):
     TO_DEVICE = 1
     FROM_DEVICE = 2
     NONE = 3
+    # The kernel's own spellings, as aliases of the same members (the DMA layer uses them).
+    DMA_BIDIRECTIONAL = 0
+    DMA_TO_DEVICE = 1
+    DMA_FROM_DEVICE = 2
+    DMA_NONE = 3
 
 
 def check_direction(direction: Any) -> DmaDataDirection:

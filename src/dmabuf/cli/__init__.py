@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from dmabuf.cli.bench import bench_cmd
+from dmabuf.cli.doctor import doctor_cmd
 from dmabuf.cli.topo import topo_cmd
 
 __all__ = ["main"]
@@ -21,4 +22,5 @@ def main() -> None:
 
 
 main.add_command(bench_cmd)
+main.add_command(doctor_cmd)
 main.add_command(topo_cmd)

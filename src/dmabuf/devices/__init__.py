@@ -14,11 +14,11 @@ from dmabuf.devices.base import Device as Device
 from dmabuf.devices.base import DeviceFenceOps as DeviceFenceOps
 from dmabuf.devices.base import Job as Job
 from dmabuf.devices.base import WorkQueue as WorkQueue
-from dmabuf.devices.platform import DEFAULT_RAM_SIZE as DEFAULT_RAM_SIZE
-from dmabuf.devices.platform import Platform as Platform
 from dmabuf.devices.gpu import AmdgpuDomain as AmdgpuDomain
 from dmabuf.devices.gpu import Gpu as Gpu
 from dmabuf.devices.gpu import GpuBo as GpuBo
 from dmabuf.devices.gpu import GpuBoMapping as GpuBoMapping
 from dmabuf.devices.gpu import GpuDmaBufOps as GpuDmaBufOps
 from dmabuf.devices.gpu import TtmPl as TtmPl
+from dmabuf.devices.platform import DEFAULT_RAM_SIZE as DEFAULT_RAM_SIZE
+from dmabuf.devices.platform import Platform as Platform

@@ -550,16 +550,15 @@ class Gpu(Device):
         self.gtt_extent = gtt_extent
         self.gtt_used = 0
         # VRAM: the visible part aliases the BAR window (same bytes, same page owners).
-        phys = self.phys
-        self.vram_visible = phys.add_region(f"{self.name}.vram", visible_vram_size,
-                                            MemKind.DEVICE, numa_node=region.numa_node)
+        self.vram_visible = self._vram_region(f"{self.name}.vram", visible_vram_size,
+                                              region.numa_node)
         self.vram_visible.backing = region.backing[:visible_vram_size]
         self.vram_visible.owner = region.owner[:visible_vram_size >> PAGE_SHIFT]
         self.vram_invisible: PhysRegion | None = None
         if vram_size > visible_vram_size:
-            self.vram_invisible = phys.add_region(f"{self.name}.vram.invisible",
-                                                  vram_size - visible_vram_size, MemKind.DEVICE,
-                                                  numa_node=region.numa_node)
+            self.vram_invisible = self._vram_region(f"{self.name}.vram.invisible",
+                                                    vram_size - visible_vram_size,
+                                                    region.numa_node)
         # P2P provider state for the BARs (dma_buf_phys_vec_to_sgt needs a p2pdma_provider).
         self._own_p2pdma = pdev.p2pdma is None
         if self._own_p2pdma:
@@ -570,6 +569,20 @@ class Gpu(Device):
         self.evictions = 0
         self.machine.trace.emit("amdgpu_init", device=self.name, vram=vram_size,
                                 visible=visible_vram_size, bar=bar.index)
+
+    def _vram_region(self, name: str, size: int, node: int) -> PhysRegion:
+        """A VRAM region: new, or the one a previous binding of this GPU left (regions are
+        never removed from the physical address space, like memory that stays in the resource
+        tree); it must have the same size and no page in use."""
+        phys = self.phys
+        try:
+            old = phys.region(name)
+        except DmaBufError:
+            return phys.add_region(name, size, MemKind.DEVICE, numa_node=node)
+        if old.kind is not MemKind.DEVICE or old.size != size or old.free_pages != old.npages:
+            raise DmaBufError(errno.EBUSY, f"VRAM region {name!r} exists with another size or "
+                              "pages in use (rebind with the same vram sizes)")
+        return old
 
     @staticmethod
     def _pick_bar(pdev: PciDev, index: int | None) -> Any:
@@ -994,12 +1007,16 @@ class Gpu(Device):
                 self._release_pages(TtmPl.TT, pages, None)
                 raise
         old = bo.placement()
-        # amdgpu_bo_move_notify(): exported BOs tell their importers before every move
-        if bo.dmabuf is not None and not bo.dmabuf.released:
-            bo.dmabuf.invalidate_mappings()
-        if evict:
-            # the eviction path waits for in-flight work of importers and the GPU
-            resv.wait_timeout(DmaResvUsage.BOOKKEEP, False, None)
+        try:
+            # amdgpu_bo_move_notify(): exported BOs tell their importers before every move
+            if bo.dmabuf is not None and not bo.dmabuf.released:
+                bo.dmabuf.invalidate_mappings()
+            if evict:
+                # the eviction path waits for in-flight work of importers and the GPU
+                resv.wait_timeout(DmaResvUsage.BOOKKEEP, False, None)
+        except BaseException:
+            self._release_pages(mem, pages, gpu_dma)     # the move did not happen
+            raise
         deps = resv.get_fences(DmaResvUsage.BOOKKEEP)
         new = _Placement(mem, pages, gpu_dma, bo.owner)
         name = f"move {bo.name} {old.mem_type.name}->{mem.name}"
@@ -1015,6 +1032,9 @@ class Gpu(Device):
         try:
             fence = self.submit(body, ring="sdma", deps=deps, name=name,
                                 propagate_errors=False)
+        except BaseException:
+            self._release_pages(mem, pages, gpu_dma)     # e.g. ENODEV: the GPU was removed
+            raise
         finally:
             for d in deps:
                 d.put()
@@ -1160,15 +1180,23 @@ class Gpu(Device):
         return fence
 
     def fill(self, bo: GpuBo, byte: int, **kw: Any) -> DmaFence:
-        """GPU memset of the whole BO (a WRITE job). Returns its fence."""
+        """GPU memset of the whole BO — ``amdgpu_fill_buffer()`` as a WRITE job.
+
+        Args: bo: the BO; byte: 0..255; ``**kw``: :meth:`compute` options (ring, duration…).
+        Context: takes/releases the resv. Returns: the job's fence.
+        Kernel: amdgpu_ttm.c, amdgpu_fill_buffer().
+        """
         def body(r: list[np.ndarray]) -> None:
             self.phys.fill(r[0], byte)
         return self.compute([(bo, True)], body, name=kw.pop("name", f"fill {bo.name}"), **kw)
 
     def write(self, bo: GpuBo, data: Any, offset: int = 0, **kw: Any) -> DmaFence:
-        """GPU writes ``data`` into the BO at ``offset`` (a WRITE job). Returns its fence.
+        """GPU writes ``data`` into the BO at ``offset`` (a WRITE job, e.g. a shader store).
 
+        Args: bo; data: bytes-like or ndarray (copied at submission); offset: byte offset.
+        Context: takes/releases the resv. Returns: the job's fence.
         Raises: DmaBufError(EINVAL): the data runs past the BO.
+        Kernel: amdgpu_cs.c (a submission writing the BO).
         """
         arr = np.array(np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8)
                        if not isinstance(data, np.ndarray) else
@@ -1182,9 +1210,12 @@ class Gpu(Device):
         return self.compute([(bo, True)], body, name=kw.pop("name", f"write {bo.name}"), **kw)
 
     def copy(self, dst: GpuBo, src: GpuBo, **kw: Any) -> DmaFence:
-        """GPU copies ``src`` into ``dst`` (same size) on the sdma ring. Returns its fence.
+        """GPU copies ``src`` into ``dst`` on the sdma ring — ``amdgpu_copy_buffer()``.
 
+        Args: dst, src: BOs of the same size; ``**kw``: :meth:`compute` options.
+        Context: takes/releases both resvs (ww acquire context). Returns: the job's fence.
         Raises: DmaBufError(EINVAL): different sizes, or ``dst is src``.
+        Kernel: amdgpu_ttm.c, amdgpu_copy_buffer().
         """
         if dst is src:
             raise DmaBufError(errno.EINVAL, "copy of a BO onto itself")
@@ -1199,9 +1230,12 @@ class Gpu(Device):
 
     def read(self, bo: GpuBo, offset: int = 0, length: int | None = None,
              timeout: float | None = None) -> np.ndarray:
-        """GPU reads the BO (a READ job) and returns the bytes — waits for the job.
+        """GPU reads the BO (a READ job) and returns the bytes; waits for the job.
 
+        Args: bo; offset/length: byte window; timeout: seconds (None: no limit).
+        Context: may block. Returns: a new uint8 array.
         Raises: DmaBufError(EFAULT): the job faulted; DmaBufError(ETIMEDOUT): ``timeout``.
+        Kernel: amdgpu_cs.c (a submission reading the BO).
         """
         n = bo.size - offset if length is None else length
         out: list[np.ndarray] = []
@@ -1212,7 +1246,11 @@ class Gpu(Device):
         return out[0]
 
     def checksum(self, bo: GpuBo, timeout: float | None = None) -> int:
-        """CRC-32 of the BO as the GPU reads it (a READ job; waits for it)."""
+        """CRC-32 of the BO as the GPU reads it (a READ job; waits for it).
+
+        Context: may block. Returns: zlib CRC-32. Raises: as :meth:`read`.
+        Kernel: amdgpu_cs.c (a submission reading the BO).
+        """
         out: list[int] = []
 
         def body(r: list[np.ndarray]) -> None:

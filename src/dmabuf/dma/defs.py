@@ -9,8 +9,7 @@ include/linux/dma-mapping.h (DMA_ATTR_*, DMA_MAPPING_ERROR, DMA_BIT_MASK()).
 
 from __future__ import annotations
 
-import enum
-
+from dmabuf.buf.device import DmaDataDirection as _BufDmaDataDirection
 from dmabuf.errors import ContractViolation
 
 __all__ = [
@@ -30,24 +29,9 @@ __all__ = [
 ]
 
 
-class DmaDataDirection(enum.IntEnum):
-    """Direction of a DMA transfer — ``enum dma_data_direction``.
-
-    ``TO_DEVICE``: the device reads memory (IOMMU_READ). ``FROM_DEVICE``: the device writes memory
-    (IOMMU_WRITE). ``BIDIRECTIONAL``: both. ``NONE``: debugging only; never valid for a mapping.
-    The short names (``TO_DEVICE``…) are aliases of the same members. Any int-valued direction
-    (e.g. the buffer layer's enum) is accepted by the mapping functions.
-    """
-
-    DMA_BIDIRECTIONAL = 0
-    DMA_TO_DEVICE = 1
-    DMA_FROM_DEVICE = 2
-    DMA_NONE = 3
-    # Short aliases (the same members), matching dmabuf.buf.device.DmaDataDirection's names.
-    BIDIRECTIONAL = 0
-    TO_DEVICE = 1
-    FROM_DEVICE = 2
-    NONE = 3
+# One enum for the whole model: the buffer layer (layer 3) owns it, with both the kernel's
+# spellings (DMA_TO_DEVICE) and the short ones (TO_DEVICE) as names of the same members.
+DmaDataDirection = _BufDmaDataDirection
 
 
 DMA_ATTR_WEAK_ORDERING = 1 << 1

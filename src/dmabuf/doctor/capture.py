@@ -272,7 +272,7 @@ def capture_root(dest: str | os.PathLike[str],
         parts = (data or b"").decode(errors="replace").split()
         release = parts[2] if len(parts) >= 3 else ""
     _capture_extras(src, w, res, release)
-    manifest = {
+    manifest: dict[str, Any] = {
         "format": MANIFEST_FORMAT,
         "tool": _tool_version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -391,5 +391,6 @@ def _devnodes(src: SysRoot, res: CaptureResult) -> list[dict[str, Any]]:
         return recs
     if src.manifest is not None and "dev" in src.manifest.get("captured", []):
         res.captured.append("dev")
-        return list(src.manifest.get("devnodes", []))
+        recs2: Any = src.manifest.get("devnodes") or []
+        return [dict(x) for x in recs2]
     return []

@@ -340,7 +340,7 @@ def devnode_findings(dn: DevNodes, ctx: DoctorContext, hw: dict[str, bool]) -> l
         ev: dict[str, Any] = {"nodes": [n.describe() for n in nodes], "config": cfg,
                               "config_option": f"CONFIG_{g.config}" if g.config else None}
         fid = f"devnode.{g.key}"
-        shown = "/" + g.path + ("*" if g.key == "nvidia" else "")
+        shown = "/dev/nvidia*" if g.key == "nvidia" else "/" + g.path
         if devs:
             req = [n for n in devs if not g.required
                    or os.path.basename(n.path).startswith(g.required)]

@@ -41,7 +41,7 @@ from dmabuf.doctor.p2p import (
 from dmabuf.doctor.report import SECTIONS, DoctorReport, Finding
 from dmabuf.doctor.sysroot import SysRoot
 from dmabuf.errors import DmaBufError
-from dmabuf.pci import PciP2pdmaMapType, Topology, load_sysfs
+from dmabuf.pci import Topology, load_sysfs
 
 __all__ = ["diagnose"]
 
@@ -100,8 +100,11 @@ def diagnose(root: str | os.PathLike[str] = "/") -> DoctorReport:
     sections["modules"] = {**mods.describe(), "pci_drivers": drivers}
     findings["cmdline"] = cmdline_findings(cl, cl_note)
     sections["cmdline"] = ({"raw": cl.raw, "params": [[k, v] for k, v in cl.params],
-                            "pci": cl.pci, "relevant": cl.relevant(), "init_args": cl.init_args}
-                           if cl is not None else {"raw": None, "note": cl_note})
+                            "pci": cl.pci, "relevant": cl.relevant(), "init_args": cl.init_args,
+                            "source": cl_note}
+                           if cl is not None else
+                           {"raw": None, "params": [], "pci": [], "relevant": {},
+                            "init_args": [], "source": cl_note})
     relevant = [d.bdf for d in an.devices]
     acs_ports = ([d.bdf for d in topo.devices if d.acs is not None and d.acs.redirects]
                  if topo is not None else [])
@@ -169,10 +172,7 @@ def _capabilities(ctx: DoctorContext, dn: DevNodes, groups: dict[int, list[str]]
         caps["vfio"]["basis"] += f"; {len(groups)} IOMMU groups"
     elif caps["vfio"]["available"]:
         caps["vfio"] = _cap(False, caps["vfio"]["basis"] + "; but no IOMMU groups")
-    counts = p2p.get("counts") or {}
-    ok_pairs = counts.get("bus_addr", 0) + counts.get("thru_host_bridge", 0) + sum(
-        1 for p in p2p.get("pairs", []) if p["cause"] == "acs_redirect"
-        and p["map_type"] == PciP2pdmaMapType.THRU_HOST_BRIDGE.name)
+    ok_pairs = int(p2p.get("allowed_pairs", 0))
     total = len(p2p.get("pairs", []))
     en = p2p.get("enabled")
     caps["p2p_pairs"] = _cap(
@@ -209,12 +209,16 @@ def _verdict(r: DoctorReport, cfg: KConfig | None, kernel: KernelInfo) -> list[s
     if unknown:
         out.append("Not determinable from this root: " + ", ".join(unknown) + ".")
     p2p = r.sections.get("p2p", {})
-    pc = c["p2p_pairs"]
     total = len(p2p.get("pairs", []))
+    allowed = int(p2p.get("allowed_pairs", 0))
+    devs = p2p.get("devices", [])
+    virt = bool(devs) and all(d.get("virtio") for d in devs)
     if c["pci_p2pdma"]["available"] is False:
         out.append("PCI P2P DMA is impossible: the kernel is built without CONFIG_PCI_P2PDMA"
-                   + (f" (the topology would allow {pc['basis'].split(' candidate')[0]} "
-                      "candidate pair(s))" if total else "") + ".")
+                   + (f" (the topology alone would allow {allowed} of {total} candidate "
+                      "pair(s)" + ("; all candidates are virtio devices, whose drivers do "
+                                   "no P2P anyway" if virt else "") + ")" if total else "")
+                   + ".")
     elif total:
         counts = p2p.get("counts", {})
         out.append(f"P2P between {total} candidate pair(s): {counts.get('bus_addr', 0)} "

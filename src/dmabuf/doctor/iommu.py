@@ -1,4 +1,4 @@
-"""IOMMU state and groups — drivers/iommu/iommu.c (``/sys/kernel/iommu_groups``, ``/sys/class/iommu``).
+"""IOMMU state and groups — drivers/iommu/iommu.c (``/sys/kernel/iommu_groups``, ``/sys/class``).
 
 What is read:
 
@@ -135,11 +135,13 @@ def _why_off(cl: CmdLine | None, ctx: DoctorContext, cpu_vendor: str) -> str:
         return (f"IOMMU drivers {', '.join(drivers)} are built but found no hardware: the "
                 "firmware describes none (VT-d / AMD-Vi disabled in the BIOS, or not provided "
                 "by the hypervisor)")
-    return "unknown (no kernel config): IOMMU disabled in firmware, on the command line, or not built"
+    return ("unknown (no kernel config): IOMMU disabled in firmware, on the command line, or "
+            "not built")
 
 
 def iommu_findings(info: IommuInfo, cl: CmdLine | None, ctx: DoctorContext, cpu_vendor: str,
-                   relevant: list[str], acs_ports: list[str]) -> tuple[list[Finding], dict[str, Any]]:
+                   relevant: list[str], acs_ports: list[str],
+                   ) -> tuple[list[Finding], dict[str, Any]]:
     """``iommu.*`` findings and the IOMMU section data.
 
     Args:
@@ -157,7 +159,7 @@ def iommu_findings(info: IommuInfo, cl: CmdLine | None, ctx: DoctorContext, cpu_
     data: dict[str, Any] = {"mode": mode, "basis": basis, "groups": len(info.groups),
                             "group_of": info.group_of(),
                             "group_types": {str(k): v for k, v in sorted(info.types.items())},
-                            "units": info.units, "cmdline": params}
+                            "units": info.units, "cmdline": params, "why_off": None}
     ev = {"mode": mode, "basis": basis, "cmdline": params, "units": info.units}
     if mode == "off":
         why = _why_off(cl, ctx, cpu_vendor)

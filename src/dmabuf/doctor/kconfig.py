@@ -33,6 +33,7 @@ from dmabuf.doctor.sysroot import SysRoot
 
 __all__ = [
     "OPTIONS",
+    "SHORT",
     "VERSION_FEATURES",
     "KConfig",
     "KernelInfo",
@@ -416,6 +417,23 @@ OPTIONS: tuple[OptionSpec, ...] = (
 )
 
 
+#: What each option is, in a few words (the human table's column).
+SHORT: dict[str, str] = {
+    "DMA_SHARED_BUFFER": "dma-buf core", "SYNC_FILE": "sync_file fences",
+    "SW_SYNC": "sw_sync test timelines", "UDMABUF": "/dev/udmabuf (memfd → dma-buf)",
+    "DMABUF_HEAPS": "/dev/dma_heap", "DMABUF_HEAPS_SYSTEM": "system heap",
+    "DMABUF_HEAPS_CMA": "CMA heap", "DMABUF_MOVE_NOTIFY": "movable importer mappings (< 7.1)",
+    "PCI_P2PDMA": "PCI peer-to-peer DMA", "ZONE_DEVICE": "struct pages for device memory",
+    "HMM_MIRROR": "hmm_range_fault mirroring", "DEVICE_PRIVATE": "device-private migration",
+    "INFINIBAND": "RDMA core", "INFINIBAND_USER_ACCESS": "user verbs (uverbs)",
+    "INFINIBAND_USER_MEM": "user MRs incl. dma-buf MRs",
+    "INFINIBAND_ON_DEMAND_PAGING": "ODP MRs", "VFIO": "VFIO", "VFIO_PCI": "vfio-pci",
+    "IOMMUFD": "/dev/iommu (iommufd)", "IOMMU_SUPPORT": "IOMMU core", "DRM": "DRM / PRIME",
+    "DRM_VGEM": "vgem (testing)", "DEBUG_FS": "debugfs (dma_buf/bufinfo)",
+    "MODULES": "loadable modules",
+}
+
+
 def _value_text(value: str) -> str:
     return {"y": "built in (y)", "m": "module (m)", "n": "not set (n)",
             "absent": "absent (not in the config)", "unknown": "unknown (no config)"
@@ -478,5 +496,6 @@ def config_findings(ctx: DoctorContext, note: str) -> list[Finding]:
             remedy = None
         out.append(Finding(f"config.{spec.name}", sev, "config",
                            f"CONFIG_{spec.name}: {_value_text(value)}", meaning, remedy,
-                           {"option": f"CONFIG_{spec.name}", "value": value}))
+                           {"option": f"CONFIG_{spec.name}", "value": value,
+                            "what": SHORT.get(spec.name, spec.name)}))
     return out

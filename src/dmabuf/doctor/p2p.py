@@ -162,7 +162,7 @@ def select_devices(topo: Topology) -> tuple[list[PciDev], dict[str, str | None],
     chosen: list[PciDev] = []
     for d in topo.endpoints():
         role = device_role(d)
-        if d.p2pdma is not None and d.p2pdma.describe()["size"]:
+        if _is_provider(d):
             role = f"{role} + p2pmem" if role else "p2pmem provider"
         roles[d.bdf] = role
         if role is not None:
@@ -186,27 +186,34 @@ def analyse_p2p(topo: Topology) -> P2pAnalysis:
             mt = PciP2pdmaMapType(int(an.matrix.map_type[i, j]))
             dist = int(an.matrix.distance[i, j])
             ex: P2pExplanation | None = None
+            # The kernel decides with the provider being the device whose memory is used: when
+            # only the second device publishes p2pmem, explain from its side (same decision,
+            # the decision is symmetric; the log lines then name the devices as the kernel
+            # would).
+            a, b = devs[i], devs[j]
+            if not _is_provider(a) and _is_provider(b):
+                a, b = b, a
             if count < MAX_PAIRS:
-                ex = explain(devs[i], devs[j])
+                ex = explain(a, b)
             else:
                 an.truncated = True
             count += 1
+            common = (ex.common_upstream is not None if ex is not None
+                      else _has_common(devs[i], devs[j]))
             if mt == PciP2pdmaMapType.BUS_ADDR:
                 cause = "bus_addr"
-            elif ex is not None and ex.common_upstream is not None:
-                cause = "acs_redirect"
-            elif ex is None and devs[i].host_bridge is devs[j].host_bridge and \
-                    _has_common(devs[i], devs[j]):
+            elif common:
                 cause = "acs_redirect"
             elif mt == PciP2pdmaMapType.THRU_HOST_BRIDGE:
                 cause = "thru_host_bridge"
             else:
                 cause = "not_supported"
-            if an.truncated and ex is None:
-                an.pairs.append(PairResult(devs[i].bdf, devs[j].bdf, mt, dist, cause, None))
-            else:
-                an.pairs.append(PairResult(devs[i].bdf, devs[j].bdf, mt, dist, cause, ex))
+            an.pairs.append(PairResult(a.bdf, b.bdf, mt, dist, cause, ex))
     return an
+
+
+def _is_provider(d: PciDev) -> bool:
+    return d.p2pdma is not None and bool(d.p2pdma.describe()["size"])
 
 
 def _has_common(a: PciDev, b: PciDev) -> bool:
@@ -238,17 +245,22 @@ def pci_findings(root: SysRoot, topo: Topology | None, error: str | None,
                  ) -> tuple[list[Finding], dict[str, Any]]:
     """``pci.*`` findings (topology, ACS) and the PCI section data."""
     out: list[Finding] = []
+    empty: dict[str, Any] = {"source": None, "cpu": None, "host_bridges": [], "functions": 0,
+                             "bridges": 0, "endpoints": 0, "acs_ports": [],
+                             "acs_redirect_ports": [], "devices": [], "notes": [],
+                             "error": error}
     if topo is None:
         if error is not None:
             out.append(Finding("pci.topology", Severity.ERROR, "pci", "PCI sysfs unreadable",
                                f"the PCI tree could not be loaded: {error}",
-                               "check the capture (re-run 'dmabuf doctor --capture DIR')",
+                               "check the capture (re-run 'dmabuf doctor --capture DIR'); on a "
+                               "live machine, report this with the capture attached",
                                {"error": error}))
-            return out, {"error": error}
+            return out, empty
         out.append(Finding("pci.topology", Severity.INFO, "pci", "no PCI bus",
                            f"{root.file('sys/bus/pci/devices')} does not exist: no PCI devices, "
                            "so no PCI P2P", None, {}))
-        return out, {"functions": 0}
+        return out, empty
     devs = topo.devices
     bridges = [d for d in devs if d.is_bridge]
     eps = topo.endpoints()
@@ -281,7 +293,7 @@ def pci_findings(root: SysRoot, topo: Topology | None, error: str | None,
         "source": topo.source, "cpu": cpu.describe(), "host_bridges": hbs,
         "functions": len(devs), "bridges": len(bridges), "endpoints": len(eps),
         "acs_ports": [d.bdf for d in acs_caps], "acs_redirect_ports": [d.bdf for d in redir],
-        "devices": compact, "notes": list(topo.notes)}
+        "devices": compact, "notes": list(topo.notes), "error": None}
     out.append(Finding("pci.topology", Severity.OK, "pci",
                        f"{len(devs)} PCI functions under {len(topo.host_bridges)} host "
                        f"bridge(s); {cpu_txt}",
@@ -338,7 +350,9 @@ def p2p_findings(topo: Topology | None, an: P2pAnalysis, p2pdma: str,
     hypo = enabled is False
     data: dict[str, Any] = {"p2pdma_config": p2pdma, "enabled": enabled,
                             "selection": an.selection, "devices": [], "matrix": None,
-                            "pairs": [], "pairs_truncated": an.truncated, "providers": []}
+                            "pairs": [], "pairs_truncated": an.truncated, "providers": [],
+                            "counts": {"bus_addr": 0, "thru_host_bridge": 0, "acs_redirect": 0,
+                                       "not_supported": 0}, "allowed_pairs": 0}
     if topo is None:
         return out, data
     providers = []
@@ -495,19 +509,21 @@ def p2p_findings(topo: Topology | None, an: P2pAnalysis, p2pdma: str,
                 klog = list(ex.kernel_log)
         cross = [p for p in g if topo.device(p.provider).host_bridge
                  is not topo.device(p.client).host_bridge]
-        what = (f"{len(cross)} across host bridges, {len(g) - len(cross)} across root ports"
-                if cross else "across root ports of one host bridge")
+        what = (f"{len(cross)} across host bridges, {len(g) - len(cross)} within one"
+                if cross else "within one host bridge")
         out.append(Finding(
             "p2p.not_supported", sev(Severity.WARN), "p2p",
             f"{pre}{len(g)} pair(s) refused: no common switch and the host bridge is not "
             f"trusted ({what})",
             "these pairs do not share an upstream bridge or whitelisted host bridge (the "
             "kernel's words): " + _list([_pair_text(p) for p in g]) + ". "
-            + " ".join(reasons),
+            + "; ".join(reasons) + ".",
             "\n".join(f"{r[0].upper()}{r[1:]}." for r in remedies) or None,
             {**common_ev, "pairs": [p.describe() for p in g], "host_bridges": hb_info,
              "remedies": remedies,
              "cpu": topo.cpu.describe(), "kernel_log": klog}))
     counts = {k: len(v) for k, v in groups.items()}
     data["counts"] = counts
+    data["allowed_pairs"] = sum(1 for p in an.pairs
+                                if p.map_type != PciP2pdmaMapType.NOT_SUPPORTED)
     return out, data

@@ -44,7 +44,7 @@ SCHEMA = "pydmabuf.doctor/1"
 SECTIONS = ("kernel", "config", "devices", "modules", "cmdline", "iommu", "pci", "p2p")
 
 
-class Severity(str, enum.Enum):
+class Severity(enum.StrEnum):
     """How much a finding matters: ``ok`` < ``info`` < ``warn`` < ``error``."""
 
     OK = "ok"
@@ -56,9 +56,6 @@ class Severity(str, enum.Enum):
     def rank(self) -> int:
         """0 for ok … 3 for error (for sorting and "worst of")."""
         return _RANK[self]
-
-    def __str__(self) -> str:
-        return self.value
 
 
 _RANK = {Severity.OK: 0, Severity.INFO: 1, Severity.WARN: 2, Severity.ERROR: 3}

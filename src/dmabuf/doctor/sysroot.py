@@ -96,25 +96,25 @@ class SysRoot:
         return f"<SysRoot {self.path} ({kind})>"
 
     # -- what is known --------------------------------------------------------------------------
-    def captured(self, item: str) -> bool | None:
+    def captured(self, item: str) -> bool | None:  # True or None, never False
         """Was ``item`` (``"proc/modules"``, ``"dev"``, ``"sys/class"``…) recorded?
 
         Returns:
-            True on the live root; for a manifest capture, whether it lists the item; ``None``
-            (unknown) for a capture without manifest.
+            True on the live root and for an item a pydmabuf manifest lists (then its absence
+            from the capture is a fact about the machine); ``None`` (unknown) otherwise.
         """
         if self.live:
             return True
-        if self.manifest is None:
-            return None
-        return item in self.manifest.get("captured", [])
+        if self.manifest is not None and item in self.manifest.get("captured", []):
+            return True
+        return None
 
     @property
     def kind(self) -> str:
-        """``"live"``, ``"capture"`` (pydmabuf, with manifest) or ``"capture (no manifest)"``."""
+        """``"live"``, ``"capture"`` (pydmabuf, with manifest) or ``"capture without manifest"``."""
         if self.live:
             return "live"
-        return "capture" if self.manifest is not None else "capture (no manifest)"
+        return "capture" if self.manifest is not None else "capture without manifest"
 
     # -- reads ----------------------------------------------------------------------------------
     def file(self, rel: str) -> Path:

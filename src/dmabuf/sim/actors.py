@@ -1,0 +1,538 @@
+"""The scenario runner's actors: exporters and importers of a scenario, over real drivers.
+
+Kernel: none of its own — every buffer operation goes through the dma-buf core
+(:mod:`dmabuf.buf.dma_buf`) and the device drivers of layer 5; this module is the glue a
+scenario needs around them: *which* driver call makes a scenario's buffer, *how* an importer in a
+given mode attaches, maps, follows invalidations and brackets each DMA with a fence.
+
+Exporters (:class:`Export`) wrap one buffer of a scenario:
+
+* :class:`SystemExport` — a system-heap dma-buf (:func:`dmabuf.buf.heaps.system_heap_create`);
+* :class:`GpuExport` — a :class:`dmabuf.devices.gpu.Gpu` BO in VRAM or GTT, exported dynamic
+  (``amdgpu_gem_prime_export``); evict / restore / memory pressure go through the GPU's TTM;
+* :class:`AccelExport` — :class:`dmabuf.devices.accel.Accel` device memory (alloc, map, export):
+  static and pinned, never moves.
+
+Every exporter gives the runner a *truth view* — the buffer's current CPU physical pages, read
+without any importer's translation — so a write can be read back independently.
+
+Importers (:class:`Import`) attach a device to a buffer in one of the scenario modes:
+
+* ``static`` — ``dma_buf_attach`` (no importer ops, ``peer2peer`` false): the core pins a movable
+  exporter around each mapping; a GPU therefore places the buffer in GTT (host memory);
+* ``pinned`` — dynamic attach with ``allow_peer2peer`` and no ``invalidate_mappings``, then
+  ``dma_buf_pin`` (v7.1: a pinned-only importer); the buffer never moves;
+* ``dynamic`` — dynamic attach with ``invalidate_mappings``: the callback (exporter's thread,
+  resv held) unmaps; the next DMA remaps under the resv and waits for the exporter's KERNEL
+  (move) fences first;
+* ``revocable`` — like dynamic, but an invalidation of a pinned attachment is a revoke: the
+  importer stops for good.
+
+Modes a device implements itself (RDMA ODP and pinned MRs, HMM mirrors) belong to its driver;
+the runner reports them as missing when the driver does not provide them — it never imitates a
+driver it does not have.
+
+Each DMA is bracketed: :meth:`Import.begin` (resv held: remap if needed, wait for KERNEL fences,
+add an unsignalled fence of this importer's timeline to the resv with the usage of the access)
+and :meth:`Import.end` (signal it). An exporter that wants to move the buffer invalidates, then
+waits for those fences: the in-flight DMA finishes on the old pages, the next one maps the new.
+
+Representations (``repr``): the exporter decides what ``map_dma_buf`` returns (its DMA
+addresses). The importer keeps them as the scenario says — the ``sgtable`` itself, a
+``physvec`` of its DMA ranges (16 bytes each), or ``iova``: one contiguous IOVA range when the
+path is translated (``dma_iova_try_alloc`` + ``dma_iova_link``). The representation sets the
+mapping memory reported and the modelled mapping cost (ranges mapped); the bytes move through the
+exporter's addresses either way.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from dmabuf.buf.device import DmaDataDirection
+from dmabuf.buf.dma_buf import DmaBuf, DmaBufAttachment, DmaBufAttachOps
+from dmabuf.buf.phys_vec import PhysVec
+from dmabuf.buf.sg_table import SgTable
+from dmabuf.devices.base import Device, DeviceFenceOps
+from dmabuf.dma.fabric import PciP2pdmaMapType
+from dmabuf.errors import DmaBufError
+from dmabuf.mm.phys import PAGE_SIZE, MemKind
+from dmabuf.mm.ranges import as_ranges, slice_ranges
+from dmabuf.sync.dma_fence import DmaFence, dma_fence_begin_signalling, dma_fence_end_signalling
+from dmabuf.sync.dma_resv import DmaResvUsage
+
+if TYPE_CHECKING:
+    from dmabuf.sim.runner import HostRun
+    from dmabuf.sim.scenario import BufferSpec, ImportSpec
+
+__all__ = ["AccelExport", "Export", "GpuExport", "Import", "SystemExport", "make_export"]
+
+_MIB = 1 << 20
+
+
+def _ranges_len(r: np.ndarray) -> int:
+    return int(r["len"].sum(dtype=np.uint64)) if r.size else 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Exporters
+# ----------------------------------------------------------------------------------------------
+
+
+class Export:
+    """One exported buffer of a scenario (subclasses per exporter)."""
+
+    kind = "export"
+
+    def __init__(self, hr: HostRun, spec: BufferSpec) -> None:
+        self.hr = hr
+        self.spec = spec
+        self.name = spec.name
+        self.size = spec.size
+        self.dmabuf: DmaBuf | None = None
+        self.moves = 0
+        self.revoked = False
+
+    # what the runner needs ---------------------------------------------------------------
+    def truth_ranges(self) -> np.ndarray:
+        """Current CPU physical ranges of the buffer's bytes (exporter's own view)."""
+        raise NotImplementedError
+
+    def location(self) -> str:
+        """Where the bytes are now: ``vram``, ``gtt``, ``hbm``, ``ram``…"""
+        return self.spec.placement
+
+    def write_initial(self, data: np.ndarray) -> None:
+        """Fill the buffer with its initial content (the producer's write)."""
+        self.hr.phys.write(self.truth_ranges(), data)
+
+    def read_truth(self, offset: int, length: int) -> np.ndarray:
+        """The bytes at ``offset`` as the exporter sees them (waits for KERNEL fences)."""
+        resv = self.dmabuf.resv if self.dmabuf is not None else None
+        if resv is not None:
+            resv.wait_timeout(DmaResvUsage.KERNEL, False, None)
+        return self.hr.phys.read(slice_ranges(self.truth_ranges(), offset, length))
+
+    def owners(self) -> frozenset[int]:
+        """Page owners of the buffer now."""
+        r = self.truth_ranges()
+        return frozenset(int(o) for o in np.unique(self.hr.phys.owners_of(r)))
+
+    def evict(self) -> str:
+        raise DmaBufError(errno.EOPNOTSUPP, f"{self.name}: this exporter cannot evict")
+
+    def restore(self) -> str:
+        raise DmaBufError(errno.EOPNOTSUPP, f"{self.name}: this exporter cannot move buffers")
+
+    def release(self) -> None:
+        """Drop the exporter's references (end of run)."""
+        if self.dmabuf is not None and not self.dmabuf.released:
+            self.dmabuf.put()
+
+
+class SystemExport(Export):
+    """A system-heap buffer (``exporter = "system"``)."""
+
+    kind = "system-heap"
+
+    def __init__(self, hr: HostRun, spec: BufferSpec) -> None:
+        super().__init__(hr, spec)
+        self.dmabuf = hr.system_heap().allocate(spec.size)
+        self.priv = self.dmabuf.priv
+
+    def truth_ranges(self) -> np.ndarray:
+        return as_ranges(self.priv.pages)
+
+    def location(self) -> str:
+        return "ram"
+
+
+class GpuExport(Export):
+    """A GPU BO exported as a dynamic dma-buf."""
+
+    kind = "amdgpu"
+
+    def __init__(self, hr: HostRun, spec: BufferSpec, gpu: Any) -> None:
+        super().__init__(hr, spec)
+        from dmabuf.devices.gpu import AmdgpuDomain
+
+        self.gpu = gpu
+        dom = AmdgpuDomain.VRAM if spec.placement == "vram" else AmdgpuDomain.GTT
+        self.bo = gpu.alloc_bo(spec.size, domain=dom, cpu_access_required=True, name=spec.name)
+        self.dmabuf = gpu.export(self.bo)
+
+    def truth_ranges(self) -> np.ndarray:
+        return np.asarray(self.bo.cpu_ranges())
+
+    def location(self) -> str:
+        return "vram" if self.bo.in_vram else "gtt"
+
+    def write_initial(self, data: np.ndarray) -> None:
+        fence = self.gpu.write(self.bo, data)
+        try:
+            fence.wait(False)
+            if fence.error:
+                raise DmaBufError(-fence.error, f"{self.name}: initial GPU write failed")
+        finally:
+            fence.put()
+
+    def evict(self) -> str:
+        if not self.bo.in_vram:
+            return f"{self.name} already in GTT"
+        self.gpu.evict(self.bo)
+        return f"{self.name} evicted VRAM -> GTT"
+
+    def restore(self) -> str:
+        from dmabuf.devices.gpu import AmdgpuDomain
+
+        if self.bo.in_vram:
+            return f"{self.name} already in VRAM"
+        self.gpu.validate(self.bo, AmdgpuDomain.VRAM)
+        return f"{self.name} moved GTT -> VRAM"
+
+    @property
+    def moved(self) -> int:
+        return int(self.bo.moves)
+
+    def release(self) -> None:
+        super().release()
+        if not self.bo.freed:
+            self.gpu.free_bo(self.bo)
+
+
+class AccelExport(Export):
+    """Accelerator device memory exported as a static, pinned dma-buf."""
+
+    kind = "habanalabs"
+
+    def __init__(self, hr: HostRun, spec: BufferSpec, acc: Any) -> None:
+        super().__init__(hr, spec)
+        self.acc = acc
+        page = int(acc.page_size)
+        alloc = -(-spec.size // page) * page
+        self.handle = acc.mem_alloc(alloc)
+        self.va = acc.mem_map(self.handle)
+        self.dmabuf = acc.export_dmabuf(self.va, spec.size)
+
+    def truth_ranges(self) -> np.ndarray:
+        bar = np.asarray(self.acc.resolve(self.va, self.size))
+        return bar
+
+    def location(self) -> str:
+        return "hbm"
+
+    def release(self) -> None:
+        super().release()
+        try:
+            self.acc.mem_unmap(self.va)
+            self.acc.mem_free(self.handle)
+        except DmaBufError:
+            pass
+
+
+def make_export(hr: HostRun, spec: BufferSpec) -> Export:
+    """The exporter adapter of a buffer spec (its device must be bound).
+
+    Raises: DmaBufError from the driver (ENOMEM…); KeyError for an exporter kind without one.
+    """
+    if spec.exporter == "system":
+        return SystemExport(hr, spec)
+    dev = hr.devices[spec.exporter]
+    kind = hr.host.device(spec.exporter).kind
+    if kind == "gpu":
+        return GpuExport(hr, spec, dev)
+    if kind == "accel":
+        return AccelExport(hr, spec, dev)
+    factory = hr.export_factories.get(kind)
+    if factory is None:
+        raise KeyError(kind)
+    return factory(hr, spec, dev)
+
+
+# ----------------------------------------------------------------------------------------------
+# Importers
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Mapping:
+    """One mapping an importer holds: the exporter's result and what the runner derived."""
+
+    table: SgTable | PhysVec
+    dma: np.ndarray
+    owners: frozenset[int]
+    memory: str
+    location: str
+    map_type: str
+    path_nodes: list[str]
+    iommu: bool
+    entries: int
+    ranges: int
+    repr_bytes: int
+
+
+@dataclass
+class ImportStats:
+    """Counters of one import (what the report shows per attachment)."""
+
+    maps: int = 0
+    remaps: int = 0
+    invalidations: int = 0
+    faults: int = 0
+    map_time: float = 0.0
+    remap_time: float = 0.0
+    invalidate_time: float = 0.0
+    dmas: int = 0
+    locations: list[str] = field(default_factory=list)
+
+
+class Import:
+    """A device attached to a buffer in a scenario mode — see the module docstring.
+
+    Args:
+        hr: the host run.
+        spec: the import spec.
+        export: the buffer's exporter adapter.
+        dev: the importing device's driver.
+    """
+
+    def __init__(self, hr: HostRun, spec: ImportSpec, export: Export, dev: Device) -> None:
+        self.hr = hr
+        self.spec = spec
+        self.export = export
+        self.dev = dev
+        self.name = f"{spec.buffer}@{spec.device}"
+        self.mode = spec.mode
+        self.stats = ImportStats()
+        self.attach: DmaBufAttachment | None = None
+        self.mapping: Mapping | None = None
+        self.valid = False
+        self.revoked = False
+        self.pinned = False
+        self.first: Mapping | None = None
+        self.ops = DeviceFenceOps(dev.driver_name, f"{dev.name}.dmabuf-import")
+        self.context = hr.machine.fence_context_alloc(1)
+        self._seqno = 0
+        self.direction = DmaDataDirection.BIDIRECTIONAL
+        self.error: DmaBufError | None = None
+
+    # ------------------------------------------------------------------ attach / map
+    def do_attach(self) -> None:
+        """Attach (and pin, for ``pinned``) — ``dma_buf_[dynamic_]attach`` (+ ``dma_buf_pin``).
+
+        Raises: DmaBufError from the exporter (EOPNOTSUPP, ENODEV…).
+        """
+        dmabuf = self.export.dmabuf
+        assert dmabuf is not None
+        dma = self.dev.dma
+        if self.mode == "static":
+            self.attach = dmabuf.attach(dma)
+        elif self.mode == "pinned":
+            self.attach = dmabuf.dynamic_attach(dma, DmaBufAttachOps(allow_peer2peer=True),
+                                                self)
+            dmabuf.resv.lock(None)
+            try:
+                if dmabuf.is_dynamic:
+                    self.attach.pin()
+                    self.pinned = True
+            finally:
+                dmabuf.resv.unlock()
+        elif self.mode in ("dynamic", "revocable"):
+            self.attach = dmabuf.dynamic_attach(
+                dma, DmaBufAttachOps(allow_peer2peer=True,
+                                     invalidate_mappings=self._invalidate), self)
+        else:  # pragma: no cover - the runner only builds supported modes
+            raise DmaBufError(errno.EOPNOTSUPP, f"mode {self.mode} has no generic importer")
+        self.hr.machine.trace.emit("scenario_attach", buffer=self.spec.buffer,
+                                   device=self.spec.device, mode=self.mode)
+
+    def _map_locked(self, *, remap: bool) -> None:
+        """Map under the resv and derive everything the runner needs (path, cost, repr)."""
+        assert self.attach is not None
+        dmabuf = self.export.dmabuf
+        assert dmabuf is not None
+        table = self.attach.map(self.direction)
+        # The exporter may have started a move to place the buffer for us (staging into GTT):
+        # wait for its KERNEL fences before the first DMA, as ib_umem_dmabuf_map_pages does.
+        dmabuf.resv.wait_timeout(DmaResvUsage.KERNEL, False, None)
+        m = self.hr.describe_mapping(self, table)
+        self.mapping = m
+        self.valid = True
+        cost = self.hr.map_cost(m, remap=remap)
+        if remap:
+            self.stats.remaps += 1
+            self.stats.remap_time += cost
+        else:
+            self.stats.maps += 1
+            self.stats.map_time += cost
+        if not self.stats.locations or self.stats.locations[-1] != m.location:
+            self.stats.locations.append(m.location)
+        if self.first is None:
+            self.first = m
+        if cost > 0:
+            self.hr.machine.sched.sleep(cost)
+
+    def map_initial(self) -> None:
+        """First map (resv taken here) — ``dma_buf_map_attachment``.
+
+        Raises: DmaBufError from the exporter (EPERM for a refused P2P, EBUSY…).
+        """
+        dmabuf = self.export.dmabuf
+        assert dmabuf is not None
+        dmabuf.resv.lock(None)
+        try:
+            self._map_locked(remap=False)
+        finally:
+            dmabuf.resv.unlock()
+
+    def _unmap_locked(self) -> None:
+        if self.mapping is not None and self.attach is not None:
+            self.attach.unmap(self.mapping.table, self.direction)
+        self.mapping = None
+        self.valid = False
+
+    def _invalidate(self, attach: DmaBufAttachment) -> None:
+        """``invalidate_mappings`` (exporter's thread, resv held): stop using and unmap."""
+        self.stats.invalidations += 1
+        cost = self.hr.params.invalidate_cost(1)
+        self.stats.invalidate_time += cost
+        if self.mode == "revocable" and (self.pinned or self.export.revoked):
+            self.revoked = True
+        self._unmap_locked()
+        self.hr.machine.trace.emit("scenario_invalidate", buffer=self.spec.buffer,
+                                   device=self.spec.device)
+        if cost > 0:
+            self.hr.machine.sched.sleep(cost)
+
+    # ------------------------------------------------------------------ DMA bracketing
+    def begin(self, write: bool) -> tuple[Mapping, DmaFence]:
+        """Prepare a DMA: remap if invalidated, fence it into the resv.
+
+        Returns: the mapping to use and the fence to signal with :meth:`end`.
+        Raises: DmaBufError(ENODEV) when revoked; the exporter's map errors.
+        """
+        dmabuf = self.export.dmabuf
+        assert dmabuf is not None
+        resv = dmabuf.resv
+        resv.lock(None)
+        try:
+            if self.revoked or self.export.revoked:
+                raise DmaBufError(errno.ENODEV, f"{self.name}: the buffer was revoked; DMA "
+                                  "stopped")
+            if not self.valid:
+                self._map_locked(remap=True)
+            else:
+                resv.wait_timeout(DmaResvUsage.KERNEL, False, None)
+            self._seqno += 1
+            fence = DmaFence(self.ops, self.context, self._seqno, machine=self.hr.machine)
+            resv.reserve_fences(1)
+            resv.add_fence(fence, DmaResvUsage.WRITE if write else DmaResvUsage.READ)
+            assert self.mapping is not None
+            self.stats.dmas += 1
+            return self.mapping, fence
+        finally:
+            resv.unlock()
+
+    def end(self, fence: DmaFence, error: int = 0) -> None:
+        """The DMA finished: signal its fence (in a signalling section)."""
+        m = self.hr.machine
+        cookie = dma_fence_begin_signalling(m)
+        try:
+            if error:
+                fence.set_error(error)
+            fence.signal()
+        finally:
+            dma_fence_end_signalling(cookie, m)
+        fence.put()
+
+    # ------------------------------------------------------------------ real bytes
+    def dma_read(self, m: Mapping, offset: int, length: int) -> np.ndarray:
+        """The device reads ``length`` bytes at ``offset`` through the mapping (real DMA)."""
+        return self.dev.engine.read(slice_ranges(m.dma, offset, length), owner=m.owners)
+
+    def dma_write(self, m: Mapping, offset: int, data: np.ndarray) -> None:
+        """The device writes ``data`` at ``offset`` through the mapping (real DMA)."""
+        self.dev.engine.write(slice_ranges(m.dma, offset, int(data.size)), data,
+                              owner=m.owners)
+
+    # ------------------------------------------------------------------ teardown
+    def detach(self) -> None:
+        """Unmap, unpin and detach (end of run). Errors are the caller's to report."""
+        dmabuf = self.export.dmabuf
+        if self.attach is None or dmabuf is None or dmabuf.released:
+            return
+        dmabuf.resv.lock(None)
+        try:
+            if self.mapping is not None:
+                self._unmap_locked()
+            if self.pinned:
+                self.attach.unpin()
+                self.pinned = False
+        finally:
+            dmabuf.resv.unlock()
+        dmabuf.detach(self.attach)
+        self.attach = None
+
+
+def repr_bytes(rep: str, table: SgTable | PhysVec, dma: np.ndarray, iommu: bool) -> tuple[
+        int, int]:
+    """Bytes the importer's mapping representation costs, and the DMA ranges it maps.
+
+    ``sgtable``: ``struct sg_table`` + 32-byte scatterlist entries in 4 KiB chunks (what the
+    exporter returned, or an sg_table built from the ranges); ``physvec``: 16 bytes per range;
+    ``iova``: one ``struct dma_iova_state`` (16) + one range (16) when the path is translated,
+    else as ``physvec`` (a BUS_ADDR mapping has no IOVA to allocate).
+
+    Returns: ``(bytes, ranges mapped)``.
+    """
+    n = int(dma.size)
+    if rep == "sgtable":
+        if isinstance(table, SgTable):
+            return int(table.kernel_nbytes()), n
+        return int(SgTable.from_ranges(dma).kernel_nbytes()), n
+    if rep == "physvec":
+        return 16 * n, n
+    if iommu:
+        return 32, 1
+    return 16 * n, n
+
+
+def region_node_map(hr: HostRun) -> Callable[[int], tuple[str, str]]:
+    """A function: physical address -> (fabric memory node, location label)."""
+    phys = hr.phys
+    pf = hr.pf
+    by_region: dict[str, tuple[str, str]] = {}
+    names = {d.name: d for d in hr.devices.values() if d is not None}
+    for r in phys.regions:
+        node: str | None = None
+        label = r.kind.value if hasattr(r.kind, "value") else str(r.kind)
+        if r.kind is MemKind.RAM:
+            node = pf.ram(r.numa_node)
+            label = "ram"
+        elif " BAR" in r.name:
+            bdf = r.name.split(" BAR", 1)[0]
+            node = pf.mem_of.get(bdf)
+            label = "bar"
+        else:
+            for n, d in names.items():
+                if r.name == n or r.name.startswith(n + "."):
+                    node = pf.mem_of.get(d.bdf)
+                    label = r.name[len(n) + 1:] or "device"
+                    break
+        if node is not None:
+            by_region[r.name] = (node, label)
+
+    def lookup(paddr: int) -> tuple[str, str]:
+        reg = phys.region_at(paddr)
+        return by_region.get(reg.name, (pf.ram(None), reg.name))
+
+    return lookup
+
+
+__all__ += ["ImportStats", "Mapping", "region_node_map", "repr_bytes"]
+_ = (PAGE_SIZE, _MIB, _ranges_len, PciP2pdmaMapType)

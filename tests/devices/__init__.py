@@ -1,0 +1,1 @@
+"""Tests of layer 5: dmabuf.devices."""
