@@ -13,8 +13,9 @@ from click.testing import CliRunner, Result
 
 from dmabuf.cli import main
 from dmabuf.doctor import MANIFEST, capture_root
+from dmabuf.testing.paths import sysfs_roots_dir
 
-FIX = Path("/work/shared/fixtures/sysfs-roots")
+FIX = sysfs_roots_dir()
 ROOTS = sorted(p.parent.name for p in FIX.glob("*/root")) if FIX.is_dir() else []
 needs_fixtures = pytest.mark.skipif(not ROOTS, reason=f"captured roots not found at {FIX}")
 

@@ -1,4 +1,4 @@
-"""The doctor on every captured root of /work/shared/fixtures/sysfs-roots (real 6.12 kernel).
+"""The doctor on every captured root of shared/fixtures/sysfs-roots (real 6.12 kernel).
 
 Ground truth: each root's ``expected.json`` (the real kernel's P2P outcome per provider/client
 pair and its log lines) and its ``proc/config.gz`` (read independently here).

@@ -116,3 +116,37 @@ def test_matrix_and_pairs_are_consistent() -> None:
         assert sum(counts.values()) == n * (n - 1) // 2
         allowed = sum(1 for p in r.sections["p2p"]["pairs"] if p["map_type"] != "NOT_SUPPORTED")
         assert r.sections["p2p"]["allowed_pairs"] == allowed
+
+
+def test_iommu_units_from_sys_class(tmp_path: Path) -> None:
+    root = synthetic(tmp_path, "g_iommu_intel")
+    (root / "sys/class/iommu").mkdir(parents=True)
+    (root / "sys/class/iommu/dmar0").symlink_to("../../devices/virtual/iommu/dmar0")
+    r = diagnose(root)
+    assert r.sections["iommu"]["units"] == ["dmar0"]
+    assert "IOMMU units: dmar0" in r.finding("iommu.state").reason
+
+
+def test_large_fabric_is_grouped_and_truncated() -> None:
+    import numpy as np
+
+    from dmabuf.doctor.p2p import MAX_EVIDENCE_PAIRS, MAX_PAIRS, analyse_p2p, p2p_findings
+    from dmabuf.pci import generate_topology
+
+    topo = generate_topology(64, acs_redirect_fraction=0.3, rng=np.random.default_rng(7))
+    an = analyse_p2p(topo)
+    assert len(an.pairs) == 64 * 63 // 2 > MAX_PAIRS and an.truncated
+    assert sum(p.explanation is not None for p in an.pairs) == MAX_PAIRS
+    fs, data = p2p_findings(topo, an, "y", "off")
+    assert sum(data["counts"].values()) == len(an.pairs) == len(data["pairs"])
+    for f in fs:
+        if "pairs" in f.evidence:
+            assert len(f.evidence["pairs"]) == min(f.evidence["pairs_total"], MAX_EVIDENCE_PAIRS)
+    # cause agrees with an independent check for the unexplained pairs too
+    for p in an.pairs[MAX_PAIRS:MAX_PAIRS + 200]:
+        ex = topo.explain(p.provider, p.client)
+        assert ex.map_type == p.map_type and ex.distance == p.distance
+        want = ("bus_addr" if p.map_type.name == "BUS_ADDR" else
+                "acs_redirect" if ex.common_upstream is not None else
+                "thru_host_bridge" if p.map_type.name == "THRU_HOST_BRIDGE" else "not_supported")
+        assert p.cause == want

@@ -139,3 +139,13 @@ def test_release_from_osrelease_and_proc_version(tmp_path: Path) -> None:
     r = diagnose(tmp_path)
     assert r.sections["kernel"]["release"] == "6.6.6"
     assert r.sections["kernel"]["source"].endswith("proc/sys/kernel/osrelease")
+
+
+def test_remedies_respect_module_support() -> None:
+    d = _by_id(_ctx({"UDMABUF": "n", "MODULES": "y"}))
+    assert d["config.UDMABUF"].remedy == "CONFIG_UDMABUF=y, or =m and 'modprobe udmabuf'"
+    d = _by_id(_ctx({"UDMABUF": "n", "MODULES": "n"}))
+    assert d["config.UDMABUF"].remedy == ("rebuild with CONFIG_UDMABUF=y (this kernel cannot "
+                                          "load modules, so =m is no option)")
+    assert d["config.PCI_P2PDMA"].remedy == ("rebuild with CONFIG_PCI_P2PDMA=y (needs "
+                                             "ZONE_DEVICE and 64BIT)")

@@ -7,8 +7,15 @@ QEMU). The same functions run
 
 * inside a QEMU guest against the real kernel (``guest_main.py`` writes the observations to
   JSON; ``test_uapi_parity.py`` compares them on the host), and
-* later in-process against the model backend (an :class:`Env` whose ``backend`` is the model
-  and whose ``run_child`` runs the child side in a thread instead of a forked process).
+* in-process against the model backend (an :class:`Env` whose ``backend`` is
+  ``dmabuf.backends.model_uapi_backend()``; its ``run_child`` is the backend's, which copies the
+  fd table like ``fork`` and runs the child side on a thread).
+
+Expectations are those of the kernel the QEMU tier boots (6.12). Where a later kernel behaves
+differently on purpose, the behaviour lists the difference in ``since``: ``{"7.1": {key:
+value}}`` overrides those keys for releases >= 7.1 (:meth:`Behaviour.expect_for`, keyed on the
+release the environment reports: ``/proc/sys/kernel/osrelease``). Each such entry is explained in
+docs/model-vs-kernel.md, "uAPI parity".
 
 Observations use errno *names* (``"EINVAL"``) and ``"ok"`` for success, so a difference reads
 plainly. Sources are the IGT ``dmabuf_sync_file``/``vgem_basic``/``prime_self_import`` tests,
@@ -85,19 +92,54 @@ class Behaviour:
     needs: tuple[str, ...]
     source: str
     doc: str
+    #: ``{"7.1": {key: value}}``: expected values that changed in that release (>=).
+    since: dict[str, Obs] = dataclasses.field(default_factory=dict)
+
+    def expect_for(self, release: str | None = None) -> Obs:
+        """The expectation for a kernel ``release`` (``uname -r``; None: the 6.12 baseline)."""
+        out = dict(self.expect)
+        if release is None:
+            return out
+        have = release_tuple(release)
+        for version in sorted(self.since, key=release_tuple):
+            if have >= release_tuple(version):
+                out.update(self.since[version])
+        return out
+
+
+def release_tuple(release: str) -> tuple[int, int]:
+    """``"6.12.107+deb12-amd64"`` -> ``(6, 12)``; ``"7.1.0-pydmabuf"`` -> ``(7, 1)``."""
+    import re
+
+    m = re.match(r"(\d+)\.(\d+)", release)
+    if m is None:
+        raise ValueError(f"not a kernel release: {release!r}")
+    return int(m.group(1)), int(m.group(2))
 
 
 REGISTRY: list[Behaviour] = []
 
 
-def behaviour(name: str, *, expect: Obs, needs: tuple[str, ...] = (),
-              source: str = "") -> Callable[[Callable[[Env], Obs]], Callable[[Env], Obs]]:
-    """Register ``fn`` as behaviour ``name`` with its expected observation."""
+def behaviour(name: str, *, expect: Obs, needs: tuple[str, ...] = (), source: str = "",
+              since: dict[str, Obs] | None = None
+              ) -> Callable[[Callable[[Env], Obs]], Callable[[Env], Obs]]:
+    """Register ``fn`` as behaviour ``name`` with its expected observation.
+
+    ``since`` lists keys whose expected value changed in a later release (see the module
+    docstring); every key it names must exist in ``expect``.
+    """
 
     def deco(fn: Callable[[Env], Obs]) -> Callable[[Env], Obs]:
         if any(b.name == name for b in REGISTRY):
             raise ValueError(f"duplicate behaviour {name}")
-        REGISTRY.append(Behaviour(name, fn, expect, needs, source, (fn.__doc__ or "").strip()))
+        for version, keys in (since or {}).items():
+            release_tuple(version)
+            unknown = set(keys) - set(expect)
+            if unknown:
+                raise ValueError(f"{name}: since[{version!r}] names keys not in expect: "
+                                 f"{sorted(unknown)}")
+        REGISTRY.append(Behaviour(name, fn, expect, needs, source, (fn.__doc__ or "").strip(),
+                                  dict(since or {})))
         return fn
 
     return deco
@@ -152,10 +194,10 @@ def run_behaviours(env: Env, only: set[str] | None = None, *, budget_s: int = 0,
     return results
 
 
-def compare(b: Behaviour, observed: Obs) -> list[str]:
-    """The differences between an observation and ``b.expect`` (empty: parity)."""
+def compare(b: Behaviour, observed: Obs, release: str | None = None) -> list[str]:
+    """The differences between an observation and ``b.expect_for(release)`` (empty: parity)."""
     diffs = []
-    for key, want in b.expect.items():
+    for key, want in b.expect_for(release).items():
         if key not in observed:
             diffs.append(f"{key}: missing (observed keys: {sorted(observed)})")
         elif observed[key] != want:
@@ -178,6 +220,15 @@ class Env:
         self.backend = backend if backend is not None else default_backend()
         self.page = self.backend.page_size
 
+    def kernel_release(self) -> str:
+        """``uname -r`` of the kernel behind the backend (``/proc/sys/kernel/osrelease``)."""
+        try:
+            return self.backend.read_text("/proc/sys/kernel/osrelease").strip()
+        except OSError:
+            import platform
+
+            return platform.release()
+
     def features(self) -> dict[str, str | None]:
         """feature -> None if present, else the reason it is missing."""
         out: dict[str, str | None] = {}
@@ -193,7 +244,7 @@ class Env:
         except DmaBufError as e:
             out["vgem"] = str(e)
         try:
-            read_bufinfo(self.backend)
+            bufinfo(self.backend)
             out["debugfs"] = None
         except DmaBufError as e:
             out["debugfs"] = str(e)
@@ -203,9 +254,13 @@ class Env:
         """Run ``fn`` in a child process (fork); return its exit status (``fn``'s result).
 
         The kernel environment forks, so the child starts with a copy of the fd table (which
-        shows in dma-buf counts); a model environment must emulate that copy. The wait is a
-        poll on a pidfd, bounded by ``timeout``.
+        shows in dma-buf counts); a backend with its own ``run_child`` (the model backend:
+        fd-table copy, child on a thread) emulates that. The wait is a poll on a pidfd, bounded
+        by ``timeout``.
         """
+        runner = getattr(self.backend, "run_child", None)
+        if runner is not None:
+            return int(runner(fn, timeout))
         pid = os.fork()
         if pid == 0:  # pragma: no cover - child
             code = 99
@@ -224,6 +279,48 @@ class Env:
         finally:
             os.close(pidfd)
         return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+_NEW_FENCE_LINE = None
+
+
+def bufinfo(backend: UapiBackend) -> tuple[Any, str]:
+    """``read_bufinfo(backend)`` and the format of its fence lines.
+
+    Returns ``(BufInfo, fmt)``: ``fmt`` is ``"driver timeline seq N"`` for the fence lines of
+    ``dma_fence_describe()`` up to the 6.12 family, ``"context:seqno timeline driver"`` for the
+    v7.1 format (``"%llu:%llu %s %s %ssignalled"``, names empty once signalled), ``"none"``
+    without fence lines. The binding's parser (``dmabuf.uapi.fdinfo``) knows only the first
+    format; v7.1 lines are rewritten into it before parsing (reported to the uapi owner; the
+    strict xfail in tests/backends/test_model_backend.py turns red once the binding parses them
+    itself, and this fallback can go).
+    """
+    import re
+
+    from dmabuf.uapi.fdinfo import BUFINFO_PATH, parse_bufinfo
+
+    global _NEW_FENCE_LINE
+    if _NEW_FENCE_LINE is None:
+        _NEW_FENCE_LINE = re.compile(r"^\t(\w+) fence:(\d+):(\d+) (\S*) (\S*) (un)?signalled$",
+                                     re.M)
+    try:
+        info = read_bufinfo(backend)
+        text = None
+    except DmaBufError as e:
+        if e.errno != errno.EINVAL:
+            raise
+        text = backend.read_text(BUFINFO_PATH)
+        if not _NEW_FENCE_LINE.search(text):
+            raise
+        info = parse_bufinfo(_NEW_FENCE_LINE.sub(
+            lambda m: f"\t{m[1]} fence:{m[5]} {m[4]} seq {m[3]} {m[6] or ''}signalled", text))
+    if text is not None:
+        fmt = "context:seqno timeline driver"
+    elif any(o.fences for o in info.objects):
+        fmt = "driver timeline seq N"
+    else:
+        fmt = "none"
+    return info, fmt
 
 
 def err(fn: Callable[[], object]) -> str:
@@ -652,7 +749,7 @@ def _bufinfo_entry(env: Env) -> Obs:
     with udmabuf_of(env, 8) as (u, _):
         u.set_name("bufinfo-entry")
         ino = u.inode
-        bi = read_bufinfo(env.backend)
+        bi = bufinfo(env.backend)[0]
         o = bi.find(ino)
         totals = (bi.total_objects == len(bi.objects)
                   and bi.total_bytes == sum(x.size for x in bi.objects))
@@ -660,7 +757,7 @@ def _bufinfo_entry(env: Env) -> Obs:
         if o is not None:
             out.update(size=o.size, exp_name=o.exp_name, name=o.name, count=o.count,
                        fences=[f.usage for f in o.fences], devices=list(o.attached_devices))
-    out["gone_after_close"] = read_bufinfo(env.backend).find(ino) is None
+    out["gone_after_close"] = bufinfo(env.backend)[0].find(ino) is None
     return out
 
 
@@ -672,8 +769,12 @@ def _bufinfo_entry(env: Env) -> Obs:
 def _bufinfo_fences(env: Env) -> Obs:
     """Imported stub fence and vgem read fence appear with usage, driver, timeline, state."""
 
+    formats: list[str] = []
+
     def fences(ino: int) -> list[list[Any]]:
-        o = read_bufinfo(env.backend).find(ino)
+        info, fmt = bufinfo(env.backend)
+        formats.append(fmt)
+        o = info.find(ino)
         return [] if o is None else [[f.usage, f.driver, f.timeline, f.seqno, f.signalled]
                                      for f in o.fences]
 
@@ -687,7 +788,8 @@ def _bufinfo_fences(env: Env) -> Obs:
         pending = fences(d.inode)
         f.signal()
         signalled = fences(d.inode)
-    return {"stub_write": stub, "vgem_read_pending": pending, "vgem_read_signalled": signalled}
+    return {"stub_write": stub, "vgem_read_pending": pending, "vgem_read_signalled": signalled,
+            "fence_line_format": sorted(set(formats))}
 
 
 # ============================================================================================
@@ -1185,10 +1287,10 @@ def _heap_import(env: Env) -> Obs:
             handle = dev.import_dmabuf(h)
             s = [err(lambda: h.sync(DMA_BUF_SYNC_START | DMA_BUF_SYNC_RW)),
                  err(lambda: h.sync(DMA_BUF_SYNC_END | DMA_BUF_SYNC_RW))]
-            o = read_bufinfo(env.backend).find(h.inode)
+            o = bufinfo(env.backend)[0].find(h.inode)
             attached = list(o.attached_devices) if o else None
             dev.gem_close(handle)
-            o = read_bufinfo(env.backend).find(h.inode)
+            o = bufinfo(env.backend)[0].find(h.inode)
             after = list(o.attached_devices) if o else None
     return {"size": size, "filled": filled,
             "import_handle_positive": handle > 0, "sync_while_imported": s,
@@ -1425,7 +1527,8 @@ def _scm_child(env: Env) -> Obs:
         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         with a, b:
             def child() -> int:
-                a.close()
+                # The child never touches its copy of ``a`` (a model child is a thread sharing
+                # the parent's socket objects, so it must not close it either).
                 with recv_dmabuf(b, backend=env.backend) as got:
                     with got.cpu_access(write=True) as v:
                         v[:6] = b"CHILD!"
@@ -1483,7 +1586,7 @@ def _lifetime(env: Env) -> Obs:
         del c
         gc.collect()
         fin = err(lambda: be.fstat(fd))
-        freed = read_bufinfo(be).find(ino) is None
+        freed = bufinfo(be)[0].find(ino) is None
     return {"close_twice": twice, "fileno_after_close": after, "finalizer_closed_fd": fin,
             "freed_in_bufinfo": freed}
 

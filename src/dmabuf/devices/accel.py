@@ -562,6 +562,12 @@ class Accel(Device):
         r["len"] = pack.page_size
         return coalesce(r)
 
+    def _job_resolve(self, op: str, addr: int, length: int) -> np.ndarray:
+        try:
+            return self.resolve(addr, length)
+        except IommuFault as e:
+            raise self.record_fault(op, e) from None
+
     def write_mem(self, addr: int, data: Any, *, deps: tuple[DmaFence, ...] = ()) -> DmaFence:
         """Queue a device write of ``data`` at device address ``addr``; return the job's fence.
 
@@ -572,13 +578,13 @@ class Accel(Device):
             else np.ascontiguousarray(data).view(np.uint8).reshape(-1).copy()
 
         def job() -> None:
-            self.phys.write(self.resolve(addr, int(buf.size)), buf)
+            self.phys.write(self._job_resolve("write_mem", addr, int(buf.size)), buf)
         return self.submit(job, deps=deps, name="write_mem")
 
     def fill_mem(self, addr: int, byte: int, length: int) -> DmaFence:
         """Queue a device memset of ``length`` bytes at ``addr``; return the job's fence."""
         def job() -> None:
-            self.phys.fill(self.resolve(addr, length), byte)
+            self.phys.fill(self._job_resolve("fill_mem", addr, length), byte)
         return self.submit(job, name="fill_mem")
 
     def read_mem(self, addr: int, length: int, *, timeout: float = 10.0) -> np.ndarray:
@@ -591,7 +597,7 @@ class Accel(Device):
         out: list[np.ndarray] = []
 
         def job() -> None:
-            out.append(self.phys.read(self.resolve(addr, length)))
+            out.append(self.phys.read(self._job_resolve("read_mem", addr, length)))
         fence = self.submit(job, name="read_mem")
         try:
             if fence.wait_timeout(False, timeout) == 0 and not fence.is_signaled():

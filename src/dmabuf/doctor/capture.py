@@ -3,7 +3,7 @@
 Kernel: drivers/pci/pci-sysfs.c (the attributes), drivers/iommu/iommu.c (iommu_groups),
 kernel/configs.c (config.gz), fs/proc.
 
-``dmabuf doctor --capture DIR`` writes what ``/work/shared/kernel/scripts/guest/capture-sysfs.sh``
+``dmabuf doctor --capture DIR`` writes what ``shared/kernel/scripts/guest/capture-sysfs.sh``
 writes, so that ``dmabuf doctor --sysfs-root DIR`` and ``dmabuf topo show --sysfs-root DIR`` read
 it exactly as they read the running machine:
 
@@ -195,6 +195,9 @@ def capture_root(dest: str | os.PathLike[str],
         DmaBufError(ENOENT): ``source`` has no ``sys/``. (EEXIST): ``dest`` is not empty.
             (ENOTDIR): ``dest`` is a file. (EINVAL): ``dest`` is inside the source's sys/proc/dev.
             (EXDEV): a write would leave ``dest``.
+
+    Kernel: the files of drivers/pci/pci-sysfs.c, drivers/iommu/iommu.c, kernel/configs.c that
+    shared/kernel/scripts/guest/capture-sysfs.sh copies.
     """
     src = SysRoot(source)
     d = Path(dest)

@@ -102,8 +102,16 @@ class CmdLine:
 def parse_cmdline(text: str) -> CmdLine:
     """Split a command line as the kernel's ``next_arg()`` does.
 
+    Args:
+        text: the content of ``/proc/cmdline``.
+
+    Context:
+        Pure function.
+
     Returns:
         A :class:`CmdLine`; never raises (unbalanced quotes run to the end, as in the kernel).
+
+    Kernel: kernel/params.c, next_arg() and parameq().
     """
     raw = text.strip()
     cl = CmdLine(raw)
@@ -136,7 +144,13 @@ def parse_cmdline(text: str) -> CmdLine:
 
 
 def read_cmdline(root: SysRoot) -> tuple[CmdLine | None, str]:
-    """Read ``proc/cmdline`` of ``root``; ``(None, why)`` when it is not there."""
+    """Read ``proc/cmdline`` of ``root`` — ``saved_command_line``.
+
+    Returns:
+        ``(CmdLine, path)``, or ``(None, why)`` when the file is not there.
+
+    Kernel: fs/proc/cmdline.c.
+    """
     text = root.read_text("proc/cmdline")
     if text is None:
         return None, f"{root.file('proc/cmdline')} not found"
@@ -147,6 +161,17 @@ def cmdline_findings(cl: CmdLine | None, note: str) -> list[Finding]:
     """``cmdline.*`` findings: the line itself and each ACS/PCI/module parameter that matters.
 
     IOMMU parameters are interpreted in the IOMMU section (:mod:`dmabuf.doctor.iommu`).
+
+    Args:
+        cl: the parsed line, ``None`` when unknown.
+        note: where it was read from (or why not).
+
+    Returns:
+        Findings: ``cmdline.line`` always; ``cmdline.disable_acs_redir``, ``.config_acs``,
+        ``.nommconf``, ``.noats``, ``.pcie_acs_override``, ``.nomodule``,
+        ``.module_blacklist``, ``.vfio_pci_ids`` when present.
+
+    Kernel: drivers/pci/pci.c (pci_setup, pci_disable_acs_redir, pci_config_acs).
     """
     if cl is None:
         return [Finding("cmdline.line", Severity.INFO, "cmdline", "kernel command line unknown",

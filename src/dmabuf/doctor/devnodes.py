@@ -167,7 +167,17 @@ def _kind(mode: int) -> str:
 
 
 def stat_node(fs_path: str, shown_path: str) -> DevNode | None:
-    """``lstat`` + ``access`` one node; ``None`` if it does not exist."""
+    """``lstat`` + ``access`` one node, never opening it.
+
+    Args:
+        fs_path: where it is on this file system.
+        shown_path: the path to report (``/dev/…`` even inside a captured root).
+
+    Returns:
+        A :class:`DevNode`, or ``None`` if nothing exists there.
+
+    Kernel: fs/stat.c (lstat), fs/open.c (faccessat with AT_EACCESS).
+    """
     try:
         st = os.lstat(fs_path)
     except OSError:
@@ -191,7 +201,14 @@ def stat_node(fs_path: str, shown_path: str) -> DevNode | None:
 
 
 def scan_group(root_path: str, group: NodeGroup) -> list[DevNode]:
-    """The nodes of one group under a directory laid out like ``/`` (``root_path``)."""
+    """The nodes of one group under a directory laid out like ``/`` (``root_path``).
+
+    Returns:
+        The group's directory (if it is one) followed by its matching entries (and, for VFIO,
+        the ``devices/`` sub-directory's entries), in name order.
+
+    Kernel: drivers/base/devtmpfs.c (the names the drivers register).
+    """
     base = os.path.join(root_path, group.path)
     shown_base = "/" + group.path
     out: list[DevNode] = []
@@ -276,6 +293,11 @@ def read_devnodes(root: SysRoot) -> DevNodes:
 
     Live: ``/dev``. A captured root: its own ``dev/`` directory if it has one, else the
     manifest's records, else "not captured".
+
+    Returns:
+        A :class:`DevNodes` with the source, the nodes per group and the checking user.
+
+    Kernel: drivers/base/devtmpfs.c.
     """
     if root.live or (root.path / "dev").is_dir():
         groups = {g.key: scan_group(str(root.path), g) for g in NODE_GROUPS}
@@ -306,7 +328,13 @@ def devnode_findings(dn: DevNodes, ctx: DoctorContext, hw: dict[str, bool]) -> l
     Args:
         dn: from :func:`read_devnodes`.
         ctx: kernel config (to tell "absent as expected" from "missing").
-        hw: which hardware the PCI scan found (``{"gpu": True, "rdma": False, …}``).
+        hw: which hardware the PCI scan found (keys as the groups: ``{"dri": True, …}``).
+
+    Returns:
+        ``devnode.user``, then one ``devnode.<group>`` per :data:`NODE_GROUPS` entry (or only
+        ``devnode.source`` when the nodes were not captured).
+
+    Kernel: the registering drivers (see the module docstring).
     """
     out: list[Finding] = []
     if not dn.known:

@@ -62,6 +62,9 @@ def diagnose(root: str | os.PathLike[str] = "/") -> DoctorReport:
     Raises:
         DmaBufError(ENOENT/ENOTDIR): ``root`` is missing, not a directory, or has no ``sys/``.
         DmaBufError(EINVAL): a pydmabuf capture manifest is corrupt.
+
+    Kernel: see the section modules; the P2P decisions are drivers/pci/p2pdma.c
+    calc_map_type_and_dist() through :mod:`dmabuf.pci`.
     """
     sr = SysRoot(root)
     kernel = read_kernel(sr)

@@ -60,7 +60,15 @@ class IommuInfo:
 
 
 def read_iommu(root: SysRoot) -> IommuInfo:
-    """Read ``sys/kernel/iommu_groups`` and ``sys/class/iommu`` of ``root``."""
+    """Read ``sys/kernel/iommu_groups`` and ``sys/class/iommu`` of ``root``.
+
+    Returns:
+        An :class:`IommuInfo` (members by basename of their links; ``units`` ``None`` when
+        ``sys/class`` was not captured).
+
+    Kernel: drivers/iommu/iommu.c (iommu_group_add_device's sysfs links, the ``type``
+    attribute), drivers/iommu/iommu-sysfs.c (the ``iommu`` class).
+    """
     info = IommuInfo(groups_dir=root.file("sys/kernel/iommu_groups").is_dir())
     for name in root.listdir("sys/kernel/iommu_groups") or []:
         if not name.isdigit():
@@ -151,6 +159,13 @@ def iommu_findings(info: IommuInfo, cl: CmdLine | None, ctx: DoctorContext, cpu_
         cpu_vendor: ``vendor_id`` of the CPU.
         relevant: BDFs of the P2P-relevant endpoints (for the shared-group check).
         acs_ports: BDFs of ports whose ACS control redirects P2P.
+
+    Returns:
+        ``(findings, section data)``: ``iommu.state`` always, ``iommu.groups`` when groups
+        exist.
+
+    Kernel: drivers/iommu/iommu.c (iommu_subsys_init: default domain type), drivers/pci/pci.c
+    (pci_request_acs, pci_enable_acs).
     """
     out: list[Finding] = []
     mode, basis = _mode(info, cl, ctx)
@@ -189,6 +204,8 @@ def iommu_findings(info: IommuInfo, cl: CmdLine | None, ctx: DoctorContext, cpu_
                   + (f", iommu.strict={strict}" if strict is not None else "") + "): every DMA "
                   "address is an IOVA; THRU_HOST_BRIDGE P2P gets an IOVA mapping of the peer's "
                   "BAR, BUS_ADDR P2P bypasses the IOMMU")
+    if info.units:
+        reason += f"; IOMMU units: {', '.join(info.units)}"
     if acs_ports:
         reason += ("; the IOMMU driver requested ACS, so the kernel enabled Request/Completion "
                    f"Redirect on ports that have ACS ({', '.join(acs_ports[:8])}"

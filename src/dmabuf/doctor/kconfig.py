@@ -52,7 +52,13 @@ _UNSET_RE = re.compile(r"^# CONFIG_([A-Za-z0-9_]+) is not set$")
 
 
 def parse_release(release: str | None) -> tuple[int, int, int] | None:
-    """``"6.18.44-fc-v669"`` → ``(6, 18, 44)``; ``None`` if it does not start with a version."""
+    """``"6.18.44-fc-v669"`` → ``(6, 18, 44)`` — the numbers of ``UTS_RELEASE``.
+
+    Returns:
+        ``(major, minor, patch)``, or ``None`` if the text does not start with a version.
+
+    Kernel: include/generated/utsrelease.h (``UTS_RELEASE``).
+    """
     if not release:
         return None
     m = _VER_RE.match(release.strip())
@@ -122,6 +128,11 @@ def parse_config(text: str) -> dict[str, str]:
     """Parse a kernel ``.config``: ``{"PCI_P2PDMA": "y", "UDMABUF": "n", "LOCALVERSION": '""'}``.
 
     ``# CONFIG_X is not set`` gives ``"n"``; string and number values are kept verbatim.
+
+    Returns:
+        ``{name without CONFIG_: value}``.
+
+    Kernel: scripts/kconfig/confdata.c (the format conf_write() writes).
     """
     out: dict[str, str] = {}
     for line in text.splitlines():
@@ -157,6 +168,8 @@ def read_config(root: SysRoot, kernel: KernelInfo) -> tuple[KConfig | None, str]
 
     Returns:
         ``(config or None, note)``; the note says where it came from or why it is missing.
+
+    Kernel: kernel/configs.c (``/proc/config.gz``, CONFIG_IKCONFIG_PROC).
     """
     raw = root.read_bytes("proc/config.gz")
     if raw is not None:
@@ -193,7 +206,15 @@ VERSION_FEATURES: tuple[tuple[tuple[int, int], str, str], ...] = (
 
 
 def kernel_findings(kernel: KernelInfo) -> list[Finding]:
-    """``kernel.version`` and ``kernel.features`` findings."""
+    """``kernel.version`` and ``kernel.features`` findings.
+
+    Returns:
+        ``kernel.version`` (warn when unknown) and, when the version parses,
+        ``kernel.features`` listing the :data:`VERSION_FEATURES` the release lacks (warn when
+        one of them predates 6.0).
+
+    Kernel: the releases that added each interface (see :data:`VERSION_FEATURES`).
+    """
     out: list[Finding] = []
     if kernel.release is None:
         out.append(Finding("kernel.version", Severity.WARN, "kernel", "kernel release unknown",
@@ -446,6 +467,12 @@ def config_findings(ctx: DoctorContext, note: str) -> list[Finding]:
     Args:
         ctx: config, kernel version and device facts.
         note: where the config came from, or why it is missing.
+
+    Returns:
+        ``config.source`` then the options in :data:`OPTIONS` order; each carries
+        ``evidence = {"option", "value", "what"}``.
+
+    Kernel: the Kconfig files named in the module docstring.
     """
     out: list[Finding] = []
     if ctx.config is None:
@@ -494,6 +521,9 @@ def config_findings(ctx: DoctorContext, note: str) -> list[Finding]:
             remedy = f"CONFIG_{spec.name}=y"
         if value == "n" and sev == Severity.OK:
             remedy = None
+        if remedy and spec.module and ctx.value("MODULES") == "n" and "=m" in remedy:
+            remedy = (f"rebuild with CONFIG_{spec.name}=y (this kernel cannot load modules, "
+                      "so =m is no option)")
         out.append(Finding(f"config.{spec.name}", sev, "config",
                            f"CONFIG_{spec.name}: {_value_text(value)}", meaning, remedy,
                            {"option": f"CONFIG_{spec.name}", "value": value,

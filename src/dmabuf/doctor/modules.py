@@ -108,7 +108,13 @@ class ModuleInfo:
 
 def read_modules(root: SysRoot) -> ModuleInfo:
     """Read ``proc/modules``, relevant ``sys/module`` entries, memory peers and the NVIDIA
-    driver version of ``root``."""
+    driver version of ``root``.
+
+    Returns:
+        A :class:`ModuleInfo` (``available`` ``None`` when ``proc/modules`` was not captured).
+
+    Kernel: kernel/module/procfs.c (m_show), kernel/params.c (/sys/module).
+    """
     text = root.read_text("proc/modules")
     if text is None:
         cap = root.captured("proc/modules")
@@ -140,6 +146,13 @@ def module_findings(info: ModuleInfo, modules_config: str, pci_drivers: dict[str
         info: from :func:`read_modules`.
         modules_config: the value of ``CONFIG_MODULES`` (``y``/``n``/``absent``/``unknown``).
         pci_drivers: ``{driver: [bdf, …]}`` bound in sysfs (built-in or loaded drivers at work).
+
+    Returns:
+        ``modules.list`` always; ``modules.nvidia_peermem``, ``.nvidia_flavour``,
+        ``.mlx5_ib``, ``.ib_uverbs`` when their conditions hold.
+
+    Kernel: kernel/module/procfs.c; NVIDIA's nvidia-peermem and ib_core's peer-memory API
+    (out of tree).
     """
     out: list[Finding] = []
     bound = {k: v for k, v in sorted(pci_drivers.items())}

@@ -45,8 +45,10 @@ from dmabuf.pci.pci_regs import acs_names
 __all__ = ["P2pAnalysis", "analyse_p2p", "device_role", "hardware_present", "p2p_findings",
            "pci_findings"]
 
-#: Above this many relevant devices, per-pair details are limited to the first pairs.
+#: Pairs explained step by step (beyond: map type and distance from the matrix only).
 MAX_PAIRS = 1024
+#: Pairs listed in one finding's evidence (all pairs are in the section data).
+MAX_EVIDENCE_PAIRS = 256
 
 _ROLE_BY_CLASS = (
     (0x0300, 16, "gpu"), (0x0302, 16, "gpu"), (0x0380, 16, "gpu"), (0x03, 8, "gpu"),
@@ -60,8 +62,14 @@ _VIRTIO_VENDOR = 0x1AF4
 
 
 def device_role(dev: PciDev) -> str | None:
-    """The P2P role of an endpoint from its class code (``gpu``, ``nic``, ``rdma nic``, ``nvme``,
-    ``accelerator``), or ``None``."""
+    """The P2P role of an endpoint from its class code — ``pdev->class``.
+
+    Returns:
+        ``gpu`` (0x03), ``nic`` (0x02; ``rdma nic`` for 0x0207 or an RDMA driver), ``nvme``
+        (0x0108), ``accelerator`` (0x12, 0x0b40), or ``None``.
+
+    Kernel: include/linux/pci_ids.h (PCI_CLASS_*).
+    """
     cc = dev.class_code
     for val, bits, role in _ROLE_BY_CLASS:
         if (cc >> (24 - bits)) == val:   # 16 bits: base class + subclass; 8: base class
@@ -72,7 +80,13 @@ def device_role(dev: PciDev) -> str | None:
 
 
 def hardware_present(topo: Topology | None) -> dict[str, bool]:
-    """Which device families the PCI scan found, keyed like the device-node groups."""
+    """Which device families the PCI scan found, keyed like the device-node groups.
+
+    Returns:
+        ``{"dri", "infiniband", "kfd", "accel", "nvidia", "vfio", "amdgpu": bool}``.
+
+    Kernel: include/linux/pci_ids.h; the ``driver`` links of drivers/base/bus.c.
+    """
     out = {"dri": False, "infiniband": False, "kfd": False, "accel": False, "nvidia": False,
            "vfio": False, "amdgpu": False}
     if topo is None:
@@ -157,7 +171,13 @@ def _p2pmem(dev: PciDev) -> dict[str, int] | None:
 
 
 def select_devices(topo: Topology) -> tuple[list[PciDev], dict[str, str | None], str]:
-    """The relevant endpoints, their roles, and how they were chosen."""
+    """The relevant endpoints, their roles, and how they were chosen.
+
+    Returns:
+        ``(devices, {bdf: role}, "classes" | "all endpoints")``.
+
+    Kernel: include/linux/pci_ids.h; drivers/pci/p2pdma.c (a p2pmem provider).
+    """
     roles: dict[str, str | None] = {}
     chosen: list[PciDev] = []
     for d in topo.endpoints():
@@ -173,7 +193,18 @@ def select_devices(topo: Topology) -> tuple[list[PciDev], dict[str, str | None],
 
 
 def analyse_p2p(topo: Topology) -> P2pAnalysis:
-    """Select the relevant endpoints, compute the matrix and explain every unordered pair."""
+    """Select the relevant endpoints, compute the matrix and explain every unordered pair.
+
+    Context:
+        Never touches the kernel-model caches (explain() does not store); O(n²) pairs, the
+        first :data:`MAX_PAIRS` with a full explanation.
+
+    Returns:
+        A :class:`P2pAnalysis`.
+
+    Kernel: drivers/pci/p2pdma.c, calc_map_type_and_dist() (the decision is symmetric in
+    provider and client: the same ports are checked for ACS and the same host bridges).
+    """
     devs, roles, how = select_devices(topo)
     an = P2pAnalysis(devices=devs, roles=roles, selection=how)
     if len(devs) < 2:
@@ -221,6 +252,11 @@ def _has_common(a: PciDev, b: PciDev) -> bool:
     return any(id(x) in ca for x in b.chain())
 
 
+def _pairs_ev(g: list[PairResult]) -> dict[str, Any]:
+    """Evidence: the pairs of a group (at most :data:`MAX_EVIDENCE_PAIRS`) and their count."""
+    return {"pairs": [p.describe() for p in g[:MAX_EVIDENCE_PAIRS]], "pairs_total": len(g)}
+
+
 def _pair_text(p: PairResult) -> str:
     return f"{p.provider} ↔ {p.client} ({p.map_type.name}, distance {p.distance})"
 
@@ -243,7 +279,19 @@ def _acs_union(pairs: list[PairResult]) -> list[str]:
 
 def pci_findings(root: SysRoot, topo: Topology | None, error: str | None,
                  ) -> tuple[list[Finding], dict[str, Any]]:
-    """``pci.*`` findings (topology, ACS) and the PCI section data."""
+    """``pci.*`` findings (topology, ACS) and the PCI section data.
+
+    Args:
+        root: the root (for messages).
+        topo: the loaded topology, ``None`` without PCI or on a load error.
+        error: the loader's message when it failed.
+
+    Returns:
+        ``(findings, data)``: ``pci.topology`` always; ``pci.acs`` and ``pci.acs_unknown``
+        with a topology.
+
+    Kernel: drivers/pci/pci-sysfs.c, drivers/pci/pci.c (ACS).
+    """
     out: list[Finding] = []
     empty: dict[str, Any] = {"source": None, "cpu": None, "host_bridges": [], "functions": 0,
                              "bridges": 0, "endpoints": 0, "acs_ports": [],
@@ -344,6 +392,13 @@ def p2p_findings(topo: Topology | None, an: P2pAnalysis, p2pdma: str,
         an: from :func:`analyse_p2p`.
         p2pdma: the value of ``CONFIG_PCI_P2PDMA`` (``y``/``n``/``absent``/``unknown``).
         iommu_mode: from the IOMMU section (``off``, ``translated``, ``passthrough``…).
+
+    Returns:
+        ``(findings, data)``: ``p2p.enabled``, ``p2p.devices``, ``p2p.p2pmem`` (with
+        providers), and one finding per non-empty pair group: ``p2p.bus_addr``,
+        ``p2p.thru_host_bridge``, ``p2p.acs_redirect``, ``p2p.not_supported``.
+
+    Kernel: drivers/pci/p2pdma.c.
     """
     out: list[Finding] = []
     enabled: bool | None = {"y": True, "n": False, "absent": False}.get(p2pdma)
@@ -437,7 +492,7 @@ def p2p_findings(topo: Topology | None, an: P2pAnalysis, p2pdma: str,
             + _list([_pair_text(p) + (f", via {p.explanation.common_upstream}"
                                       if p.explanation and p.explanation.common_upstream
                                       else "") for p in g]),
-            None, {**common_ev, "pairs": [p.describe() for p in g]}))
+            None, {**common_ev, **_pairs_ev(g)}))
     g = groups["thru_host_bridge"]
     if g:
         cpu = topo.cpu
@@ -451,7 +506,7 @@ def p2p_findings(topo: Topology | None, an: P2pAnalysis, p2pdma: str,
             f"no common upstream bridge, allowed because {basis}: "
             + _list([_pair_text(p) for p in g]) + "." + iom
             + " Bandwidth is the root complex's P2P forwarding rate, often below a switch's.",
-            None, {**common_ev, "basis": basis, "pairs": [p.describe() for p in g]}))
+            None, {**common_ev, "basis": basis, **_pairs_ev(g)}))
     g = groups["acs_redirect"]
     if g:
         refused = [p for p in g if p.map_type == PciP2pdmaMapType.NOT_SUPPORTED]
@@ -485,7 +540,7 @@ def p2p_findings(topo: Topology | None, an: P2pAnalysis, p2pdma: str,
             f"boot with pci=disable_acs_redir={lst} (the kernel's own hint), or turn ACS "
             "redirect off for these ports in the BIOS/firmware; then the pairs get BUS_ADDR",
             {**common_ev, "ports": ports, "kernel_parameter": f"pci=disable_acs_redir={lst}",
-             "pairs": [p.describe() for p in g], "kernel_log": klog}))
+             **_pairs_ev(g), "kernel_log": klog}))
     g = groups["not_supported"]
     if g:
         reasons: list[str] = []
@@ -519,7 +574,7 @@ def p2p_findings(topo: Topology | None, an: P2pAnalysis, p2pdma: str,
             "kernel's words): " + _list([_pair_text(p) for p in g]) + ". "
             + "; ".join(reasons) + ".",
             "\n".join(f"{r[0].upper()}{r[1:]}." for r in remedies) or None,
-            {**common_ev, "pairs": [p.describe() for p in g], "host_bridges": hb_info,
+            {**common_ev, **_pairs_ev(g), "host_bridges": hb_info,
              "remedies": remedies,
              "cpu": topo.cpu.describe(), "kernel_log": klog}))
     counts = {k: len(v) for k, v in groups.items()}

@@ -40,7 +40,8 @@ Locking: the registry lock (the kernel's ``pgmap_array`` xarray lock) is held on
 call; reference counts are updated under the pgmap's own lock (the atomic ``_refcount``);
 ``folio_free`` runs with no lock of this module held.
 
-Kernel: mm/memremap.c (memremap_pages(), memunmap_pages(), get_dev_pagemap(), free_zone_device_folio(),
+Kernel: mm/memremap.c (memremap_pages(), memunmap_pages(), get_dev_pagemap(),
+free_zone_device_folio(),
 zone_device_page_init()), include/linux/memremap.h (enum memory_type, struct dev_pagemap,
 struct dev_pagemap_ops, is_device_private_page(), is_pci_p2pdma_page()), mm/memory.c (ZERO_PAGE,
 is_zero_pfn()).

@@ -137,9 +137,9 @@ __all__ = [
     "VM_SPECIAL",
     "VM_WRITE",
     "MmStruct",
-    "Vma",
     "VmFault",
     "VmOperations",
+    "Vma",
     "handle_mm_fault",
     "remap_pfn_range",
     "vm_insert_page",
@@ -313,8 +313,9 @@ class _RwSem:
 class _FileRef:
     """A memfd mapping shared by the VMAs split from one mmap (closed with the last)."""
 
-    def __init__(self, mapping: MemFdMapping | None) -> None:
+    def __init__(self, mapping: MemFdMapping | None, owned: MemFd | None = None) -> None:
         self.mapping = mapping
+        self.owned = owned      # the internal shmem object of MAP_SHARED|MAP_ANONYMOUS
         self.refs = 1
 
 
@@ -640,17 +641,18 @@ class MmStruct:
             offset = 0
         elif file is None:
             raise DmaBufError(errno.EBADF, "mmap: a file is needed without MAP_ANONYMOUS")
-        vm_flags = calc_vm_prot_bits(prot) | VM_MAYREAD | VM_MAYWRITE | 0x40  # VM_MAYEXEC
+        vm_flags = calc_vm_prot_bits(prot) | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC
         if kind == MAP_SHARED:
             vm_flags |= VM_SHARED | VM_MAYSHARE
         fileref: _FileRef | None = None
+        owned: MemFd | None = None
         if anon and kind == MAP_SHARED:
-            file = MemFd(self.phys, "dev/zero (deleted)", 0, region=self.region)
+            owned = file = MemFd(self.phys, "dev/zero (deleted)", 0, region=self.region)
             file.ftruncate(length)
         if isinstance(file, MemFd):
             writable = kind == MAP_SHARED and bool(prot & PROT_WRITE)
             mapping = file.mmap(offset, length, writable=writable)
-            fileref = _FileRef(mapping)
+            fileref = _FileRef(mapping, owned)
         self.mmap_write_lock()
         try:
             if flags & MAP_FIXED:
@@ -799,11 +801,11 @@ class MmStruct:
         v._fileref = None
         if fr is not None:
             fr.refs -= 1
-            if fr.refs == 0 and fr.mapping is not None:
-                fr.mapping.munmap()
-                f = v.file
-                if isinstance(f, MemFd) and f.name == "dev/zero (deleted)":
-                    f.release()
+            if fr.refs == 0:
+                if fr.mapping is not None:
+                    fr.mapping.munmap()
+                if fr.owned is not None:
+                    fr.owned.release()
 
     def mprotect(self, addr: int, length: int, prot: int) -> None:
         """Change protections — ``mprotect(2)``.
@@ -1228,7 +1230,7 @@ class MmStruct:
         length = _int(length, "length")
         if length < 0:
             raise DmaBufError(errno.EINVAL, "read: negative length")
-        return self._access(addr, length, False, self.phys.read)  # type: ignore[no-any-return]
+        return self._access(addr, length, False, self.phys.read)
 
     def write(self, addr: int, data: Any) -> None:
         """CPU writes ``data`` at virtual ``addr`` (faults, COW, migrate back) — ``copy_to_user``.
@@ -1248,7 +1250,7 @@ class MmStruct:
         length = _int(length, "length")
         if length == 0:
             return zlib.crc32(b"")
-        return self._access(addr, length, False, self.phys.checksum)  # type: ignore[no-any-return]
+        return self._access(addr, length, False, self.phys.checksum)
 
     # ------------------------------------------------------------------ introspection
     def lookup(self, addr: int, npages: int) -> tuple[np.ndarray, np.ndarray]:
@@ -1307,7 +1309,7 @@ def _needs_fault(vma: Vma, i0: int, i1: int, write: bool) -> np.ndarray:
     need = (pte & PTE_PRESENT) == 0
     if write:
         need |= (pte & PTE_WRITE) == 0
-    return need  # type: ignore[no-any-return]
+    return need
 
 
 def _fault_text(ret: int) -> str:
@@ -1334,14 +1336,10 @@ def _filemap_pages(f: MemFd, fidx: np.ndarray) -> np.ndarray:
     out = np.zeros(fidx.size, dtype=np.uint64)
     if fidx.size == 0:
         return out
-    # Populate through the public pin API: pin + unpin the span covering the indices.
     lo, hi = int(fidx.min()), int(fidx.max()) + 1
-    pin = f.pin_pages(lo << PAGE_SHIFT, (hi - lo) << PAGE_SHIFT)
-    try:
-        addrs = pin.addrs
-        out[:] = addrs[fidx - lo].astype(np.uint64)
-    finally:
-        pin.unpin()
+    with f._lock:
+        f._populate_locked(lo, hi)
+        out[:] = f._pages[fidx].astype(np.uint64)
     return out
 
 

@@ -118,6 +118,21 @@ class Export:
             resv.wait_timeout(DmaResvUsage.KERNEL, False, None)
         return self.hr.phys.read(slice_ranges(self.truth_ranges(), offset, length))
 
+    def read_back(self, offset: int, length: int) -> np.ndarray:
+        """The bytes at ``offset`` through the exporter's own pages, placement held stable.
+
+        Takes the resv, waits for the exporter's KERNEL (move) fences, reads, unlocks — so a
+        move cannot switch the pages between finding and reading them.
+        """
+        dmabuf = self.dmabuf
+        assert dmabuf is not None
+        dmabuf.resv.lock(None)
+        try:
+            dmabuf.resv.wait_timeout(DmaResvUsage.KERNEL, False, None)
+            return self.hr.phys.read(slice_ranges(self.truth_ranges(), offset, length))
+        finally:
+            dmabuf.resv.unlock()
+
     def owners(self) -> frozenset[int]:
         """Page owners of the buffer now."""
         r = self.truth_ranges()
@@ -235,6 +250,52 @@ class AccelExport(Export):
             pass
 
 
+class VfioExport(Export):
+    """A range of a vfio-pci function's BAR, exported with ``VFIO_DEVICE_FEATURE_DMA_BUF``.
+
+    The device is opened and its memory decode enabled (what the VMM does) before the export.
+    """
+
+    kind = "vfio-pci"
+
+    def __init__(self, hr: HostRun, spec: BufferSpec, vdev: Any) -> None:
+        super().__init__(hr, spec)
+        self.vdev = vdev
+        if not vdev.is_open:
+            vdev.open_device()
+        vdev.set_memory_enable(True)
+        bar = hr.host.device(spec.exporter).params.get("bar")
+        if bar is None:
+            mem = [(i, r) for i, r in sorted(vdev.bar_regions.items())]
+            pref = [(i, r) for i, r in mem
+                    if (b := vdev.pdev.bar(i)) is not None and b.prefetchable]
+            bar = max(pref or mem, key=lambda ir: ir[1].size)[0]
+        self.bar = int(bar)
+        self.dmabuf = vdev.export_dma_buf(self.bar, [(0, spec.size)])
+        self.priv = self.dmabuf.priv
+
+    def truth_ranges(self) -> np.ndarray:
+        r = self.vdev.bar_region(self.bar)
+        out = np.zeros(1, dtype=self.hr.empty_ranges_dtype)
+        out["addr"] = r.base
+        out["len"] = self.size
+        return out
+
+    def location(self) -> str:
+        return f"bar{self.bar}"
+
+    @property
+    def revoked(self) -> bool:  # type: ignore[override]
+        return bool(getattr(self.priv, "revoked", False))
+
+    @revoked.setter
+    def revoked(self, value: bool) -> None:
+        pass
+
+    def write_initial(self, data: np.ndarray) -> None:
+        self.vdev.hw_write(self.bar, 0, data)
+
+
 def make_export(hr: HostRun, spec: BufferSpec) -> Export:
     """The exporter adapter of a buffer spec (its device must be bound).
 
@@ -248,6 +309,8 @@ def make_export(hr: HostRun, spec: BufferSpec) -> Export:
         return GpuExport(hr, spec, dev)
     if kind == "accel":
         return AccelExport(hr, spec, dev)
+    if kind == "vfio":
+        return VfioExport(hr, spec, dev)
     factory = hr.export_factories.get(kind)
     if factory is None:
         raise KeyError(kind)
@@ -274,6 +337,7 @@ class Mapping:
     entries: int
     ranges: int
     repr_bytes: int
+    inflight: int = 0
 
 
 @dataclass
@@ -315,6 +379,8 @@ class Import:
         self.revoked = False
         self.pinned = False
         self.first: Mapping | None = None
+        #: Mappings invalidated while DMA through them was in flight: unmapped once it retired.
+        self.stale: list[Mapping] = []
         self.ops = DeviceFenceOps(dev.driver_name, f"{dev.name}.dmabuf-import")
         self.context = hr.machine.fence_context_alloc(1)
         self._seqno = 0
@@ -390,20 +456,41 @@ class Import:
         finally:
             dmabuf.resv.unlock()
 
-    def _unmap_locked(self) -> None:
-        if self.mapping is not None and self.attach is not None:
-            self.attach.unmap(self.mapping.table, self.direction)
-        self.mapping = None
-        self.valid = False
+    def _unmap_locked(self, m: Mapping | None = None) -> None:
+        if m is None:
+            m = self.mapping
+            self.mapping = None
+            self.valid = False
+        if m is not None and self.attach is not None:
+            self.attach.unmap(m.table, self.direction)
+
+    def _reap_locked(self) -> None:
+        """Unmap invalidated mappings whose in-flight DMA has retired (resv held)."""
+        keep = []
+        for m in self.stale:
+            if m.inflight:
+                keep.append(m)
+            else:
+                self._unmap_locked(m)
+        self.stale = keep
 
     def _invalidate(self, attach: DmaBufAttachment) -> None:
-        """``invalidate_mappings`` (exporter's thread, resv held): stop using and unmap."""
+        """``invalidate_mappings`` (exporter's thread, resv held): stop issuing DMA through the
+        mapping; unmap it now if no DMA through it is in flight, else once that DMA retired
+        (its fence is in the resv, so the exporter waits for it before moving the pages)."""
         self.stats.invalidations += 1
         cost = self.hr.params.invalidate_cost(1)
         self.stats.invalidate_time += cost
         if self.mode == "revocable" and (self.pinned or self.export.revoked):
             self.revoked = True
-        self._unmap_locked()
+        m = self.mapping
+        self.mapping = None
+        self.valid = False
+        if m is not None:
+            if m.inflight:
+                self.stale.append(m)
+            else:
+                self._unmap_locked(m)
         self.hr.machine.trace.emit("scenario_invalidate", buffer=self.spec.buffer,
                                    device=self.spec.device)
         if cost > 0:
@@ -421,6 +508,7 @@ class Import:
         resv = dmabuf.resv
         resv.lock(None)
         try:
+            self._reap_locked()
             if self.revoked or self.export.revoked:
                 raise DmaBufError(errno.ENODEV, f"{self.name}: the buffer was revoked; DMA "
                                   "stopped")
@@ -434,12 +522,14 @@ class Import:
             resv.add_fence(fence, DmaResvUsage.WRITE if write else DmaResvUsage.READ)
             assert self.mapping is not None
             self.stats.dmas += 1
+            self.mapping.inflight += 1
             return self.mapping, fence
         finally:
             resv.unlock()
 
-    def end(self, fence: DmaFence, error: int = 0) -> None:
-        """The DMA finished: signal its fence (in a signalling section)."""
+    def end(self, mapping: Mapping, fence: DmaFence, error: int = 0) -> None:
+        """The DMA through ``mapping`` finished: signal its fence (in a signalling section)."""
+        mapping.inflight -= 1
         m = self.hr.machine
         cookie = dma_fence_begin_signalling(m)
         try:
@@ -468,6 +558,7 @@ class Import:
             return
         dmabuf.resv.lock(None)
         try:
+            self._reap_locked()
             if self.mapping is not None:
                 self._unmap_locked()
             if self.pinned:
@@ -476,6 +567,84 @@ class Import:
         finally:
             dmabuf.resv.unlock()
         dmabuf.detach(self.attach)
+        self.attach = None
+
+
+class MrImport(Import):
+    """An RDMA NIC importing a buffer as a dma-buf memory region (its own driver's path).
+
+    ``pinned`` → :attr:`MrKind.PINNED`, ``dynamic`` → ``DYNAMIC`` (mapped at registration,
+    ZAPped on invalidation, re-faulted by the HCA), ``odp`` → ``ODP`` (nothing mapped until the
+    first access faults it in), ``revocable`` → ``PINNED_REVOCABLE``. The HCA moves the bytes
+    (:meth:`RdmaNic.hca`); invalidation, ZAP and page faults are the driver's — the runner
+    reads its counters and charges their modelled cost.
+    """
+
+    KINDS = {"pinned": "pinned", "dynamic": "dynamic", "odp": "odp",
+             "revocable": "pinned_revocable"}
+
+    def __init__(self, hr: HostRun, spec: ImportSpec, export: Export, dev: Device) -> None:
+        super().__init__(hr, spec, export, dev)
+        self.mr: Any = None
+        self._seen_maps = -1
+        self._faults_charged = 0
+
+    def do_attach(self) -> None:
+        from dmabuf.devices.rdma.ib_verbs import IbAccess
+        from dmabuf.devices.rdma.mr import mlx5_ib_reg_user_mr_dmabuf
+
+        dmabuf = self.export.dmabuf
+        assert dmabuf is not None
+        pd = self.hr.nic_pd(self.dev)
+        access = int(IbAccess.LOCAL_WRITE | IbAccess.REMOTE_WRITE | IbAccess.REMOTE_READ)
+        self.mr = mlx5_ib_reg_user_mr_dmabuf(pd, 0, self.export.size, 0, dmabuf, access,
+                                            self.KINDS[self.mode])
+        self.attach = self.mr.umem.attach
+        self.pinned = self.mode in ("pinned", "revocable")
+
+    def map_initial(self) -> None:
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Describe the MR's current mapping when it changed (a fault remapped it)."""
+        u = self.mr.umem
+        if u.sgt is None or u.maps == self._seen_maps:
+            self.valid = u.sgt is not None
+            return
+        first = self._seen_maps < 0 and self.first is None
+        self._seen_maps = u.maps
+        m = self.hr.describe_mapping(self, u.sgt)
+        self.mapping = m
+        self.valid = True
+        if not self.stats.locations or self.stats.locations[-1] != m.location:
+            self.stats.locations.append(m.location)
+        if self.first is None:
+            self.first = m
+        cost = self.hr.map_cost(m, remap=not first)
+        if first and self.stats.maps == 0:
+            self.stats.maps += 1
+            self.stats.map_time += cost
+        else:
+            self.stats.remaps += 1
+            self.stats.remap_time += cost
+        if cost > 0:
+            self.hr.machine.sched.sleep(cost)
+
+    def sync_stats(self) -> float:
+        """Copy the driver's counters; return the modelled seconds of new page faults."""
+        mr = self.mr
+        self.stats.invalidations = int(mr.invalidations)
+        new = int(mr.faults) - self._faults_charged
+        self._faults_charged = int(mr.faults)
+        self.stats.faults = int(mr.faults)
+        self.revoked = bool(mr.umem.revoked)
+        return self.hr.params.odp_fault_cost(new) if new > 0 else 0.0
+
+    def detach(self) -> None:
+        from dmabuf.devices.rdma.mr import mlx5_ib_dereg_mr
+
+        if self.mr is not None and not self.mr.deregistered:
+            mlx5_ib_dereg_mr(self.mr)
         self.attach = None
 
 
@@ -534,5 +703,5 @@ def region_node_map(hr: HostRun) -> Callable[[int], tuple[str, str]]:
     return lookup
 
 
-__all__ += ["ImportStats", "Mapping", "region_node_map", "repr_bytes"]
-_ = (PAGE_SIZE, _MIB, _ranges_len, PciP2pdmaMapType)
+__all__ += ["ImportStats", "Mapping", "MrImport", "VfioExport", "region_node_map",
+            "repr_bytes"]

@@ -140,19 +140,17 @@ KINDS: dict[str, KindInfo] = {
     "gpu": KindInfo("dmabuf.devices.gpu:Gpu", (0x03,), ("vram", "gtt"),
                     ("static", "pinned", "dynamic", "hmm"), ("vram", "gtt"),
                     description="amdgpu/TTM-like: VRAM + GTT, eviction, dynamic exporter"),
-    "nic": KindInfo("dmabuf.devices.rdma:RdmaDevice", (0x02,), (),
-                    ("static", "pinned", "dynamic", "odp", "revocable"), ("odp",),
-                    description="mlx5-like RDMA NIC: dma-buf MRs pinned, dynamic, ODP"),
-    "accel": KindInfo("dmabuf.devices.accel:Accel", (0x12, 0x0B), ("hbm",),
-                      ("static", "pinned", "dynamic"), ("hbm",),
-                      description="habanalabs-like accelerator: pinned HBM exporter"),
+    "nic": KindInfo("dmabuf.devices.rdma.mlx5_ib:RdmaNic", (0x02,), (),
+                    ("pinned", "dynamic", "odp", "revocable"), ("odp", "gbps"),
+                    description="mlx5-like RDMA NIC: dma-buf MRs pinned, dynamic, ODP, "
+                                "pinned-revocable; RDMA WRITE/READ between NICs"),
+    "accel": KindInfo("dmabuf.devices.accel:Accel", (0x12,), ("hbm",), (), ("hbm",),
+                      description="habanalabs-like accelerator: static, pinned HBM exporter"),
     "nvme": KindInfo("dmabuf.devices.nvme:Nvme", (0x01,), ("cmb",), ("static", "pinned"),
                      (), memory="p2pmem",
                      description="NVMe controller: CMB as p2pmem provider, P2P queues"),
-    "vfio": KindInfo("dmabuf.devices.vfio:VfioPci", None, ("bar",), (), ("bar",),
+    "vfio": KindInfo("dmabuf.devices.vfio:VfioPciDevice", None, ("bar",), (), ("bar",),
                      description="vfio-pci: exports a BAR range as a revocable dma-buf"),
-    "iommufd": KindInfo("dmabuf.devices.iommufd:Iommufd", None, (), ("revocable",), (),
-                        description="iommufd IOAS importing a vfio dma-buf"),
 }
 
 _ROOT_KEYS = {"format", "name", "description", "seed", "run", "host"}
@@ -160,7 +158,8 @@ _HOST_KEYS = {"name", "description", "topology", "timing", "device", "buffer", "
               "stream", "event"}
 _RUN_KEYS = {"policy", "wall_timeout", "verify"}
 _TOPO_KEYS = {"source", "inline", "iommu", "ram", "acs"}
-_DEVICE_KEYS = {"name", "endpoint", "kind", "params", "vram", "gtt", "odp", "hbm", "bar"}
+_DEVICE_KEYS = {"name", "endpoint", "kind", "params", "vram", "gtt", "odp", "gbps", "hbm",
+                "bar"}
 _BUFFER_KEYS = {"name", "exporter", "size", "placement", "fill"}
 _IMPORT_KEYS = {"buffer", "device", "mode", "repr", "expect"}
 _STREAM_KEYS = {"name", "device", "buffer", "direction", "size", "count", "concurrency",
@@ -781,7 +780,7 @@ def _devices(ctx: _Ctx, where: _Where, host: Mapping[str, Any], host_line: int |
                          "driver per function")
         bound[pdev.bdf] = name
         params: dict[str, Any] = {}
-        for k in ("vram", "gtt", "odp", "hbm", "bar"):
+        for k in ("vram", "gtt", "odp", "gbps", "hbm", "bar"):
             if t.has(k) and k not in info.params:
                 raise t.fail(k, f"{k} is not a parameter of a {kind} (it takes: "
                              f"{', '.join(info.params) or 'none'})")
@@ -796,6 +795,11 @@ def _devices(ctx: _Ctx, where: _Where, host: Mapping[str, Any], host_line: int |
             params["hbm"] = t.size("hbm")
         if t.has("odp"):
             params["odp"] = t.bool("odp", True)
+        if t.has("gbps"):
+            g = t.data["gbps"]
+            if isinstance(g, bool) or not isinstance(g, int | float) or not 0 < g <= 3200:
+                raise t.fail("gbps", f"gbps = {g!r}: a NIC line rate in Gb/s (0 < gbps <= 3200)")
+            params["gbps"] = float(g)
         if t.has("bar"):
             bar = t.int("bar", lo=0, hi=5)
             b = pdev.bar(bar)
@@ -906,6 +910,12 @@ def _imports(ctx: _Ctx, where: _Where, host: Mapping[str, Any], host_line: int |
         if mode not in info.modes:
             raise t.fail("mode", f"a {d.kind} cannot import in mode {mode!r}; it supports: "
                          f"{', '.join(info.modes)}")
+        exp_dev = devices.get(buffers[buf].exporter)
+        if exp_dev is not None and exp_dev.kind == "vfio" and mode != "revocable" \
+                and t.data.get("expect") is None:
+            raise t.fail("mode", f"{buf!r} is a vfio-pci dma-buf: vfio-pci accepts only "
+                         "revocable importers (mode = 'revocable'); to show the refusal, add "
+                         "expect = 'EOPNOTSUPP'")
         rep = t.str("repr", "sgtable", choices=REPRESENTATIONS)
         expect = t.opt_str("expect")
         if expect is not None:
@@ -988,8 +998,33 @@ def _streams(ctx: _Ctx, where: _Where, host: Mapping[str, Any], host_line: int |
             if size > buffers[peer_buf].size:
                 raise t.fail("size", f"size = {_fmt_size(size)} is larger than peer buffer "
                              f"{peer_buf!r} ({_fmt_size(buffers[peer_buf].size)})")
+        if devices[dev].kind == "nic" and peer is None:
+            raise t.fail("device", f"{dev} is a NIC: its transfers are RDMA operations; give "
+                         "peer = <another NIC> and peer_buffer = <a buffer it imports>")
+        written = buf if direction == "write" else peer_buf
+        if written is not None:
+            slots = buffers[written].size // size
+            if conc > slots:
+                raise t.fail("concurrency", f"concurrency = {conc} writers into {written!r}, "
+                             f"which holds only {slots} transfers of {_fmt_size(size)}: "
+                             "concurrent writes would overlap")
         out.append(StreamSpec(name, dev, buf, direction, size, count, conc, start, gap, peer,
                               peer_buf, t.line or 1))
+    # A buffer a stream writes is that stream's alone: verification compares every byte read
+    # with what was last written, which another stream writing (or reading while it is being
+    # written) at the same time would make ambiguous.
+    users: dict[str, list[StreamSpec]] = {}
+    for st in out:
+        for b in (st.buffer, st.peer_buffer):
+            if b is not None and st not in users.setdefault(b, []):
+                users[b].append(st)
+    for st in out:
+        w = st.buffer if st.direction == "write" else st.peer_buffer
+        if w is not None and len(users[w]) > 1:
+            other = next(o for o in users[w] if o is not st)
+            raise ctx.fail(max(st.line, other.line), f"stream {st.name!r} writes buffer {w!r}, "
+                           f"which stream {other.name!r} also uses; give each written buffer "
+                           "to one stream")
     return out
 
 

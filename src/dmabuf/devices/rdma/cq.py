@@ -25,9 +25,8 @@ import errno
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from dmabuf.errors import DmaBufError
-
 from dmabuf.devices.rdma.ib_verbs import IbWcOpcode, IbWcStatus, wc_status_str
+from dmabuf.errors import DmaBufError
 
 if TYPE_CHECKING:
     from dmabuf.devices.rdma.mlx5_ib import RdmaNic

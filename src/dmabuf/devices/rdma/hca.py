@@ -45,15 +45,11 @@ waits for the exporter, except the requester's ``sq_lock``.
 
 from __future__ import annotations
 
-import errno
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
-from dmabuf.errors import DmaBufError, IommuFault
-from dmabuf.mm.ranges import RANGE_DTYPE
 
 from dmabuf.devices.rdma.cq import IbWc
 from dmabuf.devices.rdma.ib_verbs import (
@@ -69,6 +65,8 @@ from dmabuf.devices.rdma.network import IbSubnet
 from dmabuf.devices.rdma.odp import mlx5_ib_page_fault
 from dmabuf.devices.rdma.qp import IbSendWr, IbSge, Mlx5IbQp, wr_to_wc_opcode
 from dmabuf.devices.rdma.umr import Mlx5Mkey
+from dmabuf.errors import DmaBufError, IommuFault
+from dmabuf.mm.ranges import RANGE_DTYPE
 
 if TYPE_CHECKING:
     from dmabuf.devices.rdma.mlx5_ib import RdmaNic
@@ -442,6 +440,3 @@ def _truncate(segs: list[_Seg], total: int) -> list[_Seg]:
         left -= n
     return out
 
-
-def _unused(*_: Any) -> None:  # pragma: no cover - keeps errno imported for docs tooling
-    _ = errno.EINVAL

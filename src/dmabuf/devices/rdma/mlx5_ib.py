@@ -1,4 +1,4 @@
-"""drivers/infiniband/hw/mlx5/main.c: the RDMA NIC driver — an ``ib_device`` bound to a PCI function.
+"""drivers/infiniband/hw/mlx5/main.c: the RDMA NIC driver, an ``ib_device`` on a PCI function.
 
 :class:`RdmaNic` is the model's ConnectX-class HCA driver (mlx5_core + mlx5_ib): bound to a NIC
 endpoint of a :class:`~dmabuf.devices.platform.Platform` (``platform.bind(RdmaNic, "nic0")``),
@@ -36,19 +36,16 @@ from __future__ import annotations
 import errno
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
-
 from dmabuf.devices.base import Device
-from dmabuf.errors import DmaBufError
-from dmabuf.mm.phys import PAGE_SIZE
-from dmabuf.pci.topology import PciDev
-
 from dmabuf.devices.rdma.cq import Mlx5IbCq
 from dmabuf.devices.rdma.hca import Hca
 from dmabuf.devices.rdma.network import IbPort, IbSubnet
 from dmabuf.devices.rdma.qp import IbQpInitAttr, IbSge, Mlx5IbQp
 from dmabuf.devices.rdma.umem import UserMemory
 from dmabuf.devices.rdma.umr import Mlx5Mkey
+from dmabuf.errors import DmaBufError
+from dmabuf.mm.phys import PAGE_SIZE
+from dmabuf.pci.topology import PciDev
 
 if TYPE_CHECKING:
     from dmabuf.devices.platform import Platform
@@ -369,6 +366,3 @@ class RdmaNic(Device):
                   "odp": self.odp, "ignore_invalidate": self.ignore_invalidate})
         return d
 
-
-def _unused(_: np.ndarray) -> None:  # pragma: no cover
-    pass

@@ -53,9 +53,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dmabuf.buf.dma_buf import DmaBuf, DmaBufAttachment, DmaBufAttachOps
-from dmabuf.errors import ContractViolation, DmaBufError
-from dmabuf.mm.phys import PAGE_SIZE
-
 from dmabuf.devices.rdma.odp import mlx5_ib_init_dmabuf_mr
 from dmabuf.devices.rdma.umem import IbUmem, ib_umem_get, ib_umem_release
 from dmabuf.devices.rdma.umem_dmabuf import (
@@ -74,6 +71,8 @@ from dmabuf.devices.rdma.umr import (
     mlx5r_umr_revoke_mr,
     mlx5r_umr_update_mr_pas,
 )
+from dmabuf.errors import ContractViolation, DmaBufError
+from dmabuf.mm.phys import PAGE_SIZE
 
 if TYPE_CHECKING:
     from dmabuf.devices.rdma.mlx5_ib import IbPd, RdmaNic
@@ -169,40 +168,30 @@ class Mlx5IbMr:
         return u.dma, frozenset((u.owner,))
 
     def describe_mapping(self) -> dict[str, Any]:
-        """How the MR reaches its memory now: DMA ranges, bus addresses, P2P map types.
+        """How the MR reaches its memory now: DMA ranges, bus addresses, P2P map type.
 
         Returns a dict with ``mapped`` (bool), ``dma`` (the DMA ranges, ``RANGE_DTYPE``, or
         None), ``bus_address`` (per range: a PCI bus address routed by a switch, not through
-        the IOMMU), ``map_types`` (provider BDF → ``PciP2pdmaMapType`` name, from the NIC's
-        live DMA mappings covering the window), ``path`` (``"bus"``, ``"iommu"``, ``"direct"``
-        or ``"mixed"``) and ``mtt_present``.
+        the IOMMU), ``p2p_map_type`` (``"BUS_ADDR"`` / ``"THRU_HOST_BRIDGE"`` for peer MMIO,
+        None for system memory), ``path`` (``"bus"``, ``"iommu"``, ``"direct"`` or
+        ``"mixed"``), ``mtt_present`` and ``owners`` (page owners the mapping reaches).
         """
         u = self.umem
         dev = self.device.dma
+        mt: str | None = None
         if isinstance(u, IbUmemDmabuf):
-            dma = u.dma
-            bus = u.bus_address
+            dma, bus, owners, mt = u.dma, u.bus_address, u.owners, u.p2p_map_type
         else:
-            dma = u.dma
-            bus = np.zeros(dma.size, dtype=bool)
+            dma, bus, owners = u.dma, np.zeros(u.dma.size, dtype=bool), frozenset((u.owner,))
         if dma is None or bus is None:
-            return {"mapped": False, "dma": None, "bus_address": None, "map_types": {},
-                    "path": None, "mtt_present": self.mmkey.present}
-        map_types: dict[str, str] = {}
-        first = dma["addr"]
-        for rec in list(dev.debug_range_maps.values()):
-            ra = rec.dma["addr"]
-            re_ = ra + rec.dma["len"]
-            hit = (first[:, None] >= ra[None, :]) & (first[:, None] < re_[None, :]) \
-                if dma.size * ra.size <= 1 << 22 else np.zeros((1, 1), dtype=bool)
-            if bool(hit.any()):
-                for prov, mt in rec.map_types.items():
-                    map_types[prov] = mt.name
+            return {"mapped": False, "dma": None, "bus_address": None, "p2p_map_type": None,
+                    "path": None, "mtt_present": self.mmkey.present, "owners": None}
         other = "iommu" if dev.uses_dma_iommu else "direct"
         kinds = {"bus" if b else other for b in bus.tolist()}
         path = kinds.pop() if len(kinds) == 1 else "mixed"
         return {"mapped": True, "dma": dma.copy(), "bus_address": bus.copy(),
-                "map_types": map_types, "path": path, "mtt_present": self.mmkey.present}
+                "p2p_map_type": mt, "path": path, "mtt_present": self.mmkey.present,
+                "owners": owners}
 
 
 class Mlx5DmabufAttachOps(DmaBufAttachOps):

@@ -28,14 +28,13 @@ from __future__ import annotations
 import errno
 from typing import TYPE_CHECKING
 
-from dmabuf.errors import DmaBufError
-
 from dmabuf.devices.rdma.umem_dmabuf import (
     IbUmemDmabuf,
     ib_umem_dmabuf_map_pages,
     ib_umem_dmabuf_unmap_pages,
 )
 from dmabuf.devices.rdma.umr import MLX5_IB_UPD_XLT_ENABLE, mlx5r_umr_update_mr_pas
+from dmabuf.errors import DmaBufError
 
 if TYPE_CHECKING:
     from dmabuf.devices.rdma.mlx5_ib import RdmaNic

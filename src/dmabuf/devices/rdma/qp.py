@@ -39,10 +39,6 @@ import errno
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from dmabuf.errors import DmaBufError
-
 from dmabuf.devices.rdma.cq import IbWc, Mlx5IbCq
 from dmabuf.devices.rdma.ib_verbs import (
     IbAccess,
@@ -55,6 +51,7 @@ from dmabuf.devices.rdma.ib_verbs import (
     IbWrOpcode,
     ib_modify_qp_is_ok,
 )
+from dmabuf.errors import DmaBufError
 
 if TYPE_CHECKING:
     from dmabuf.devices.rdma.mlx5_ib import IbPd, RdmaNic
@@ -441,6 +438,3 @@ class Mlx5IbQp:
                 "rq": len(self.rq), "dest_qp_num": self.attr.dest_qp_num,
                 "dlid": self.attr.ah_attr.dlid, "rnr_stalled": self.rnr_stalled}
 
-
-def _u8(data: Any) -> np.ndarray:
-    return np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8)

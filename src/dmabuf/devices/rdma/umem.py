@@ -1,4 +1,4 @@
-"""drivers/infiniband/core/umem.c: pinned user memory for RDMA (``ib_umem_get``), and the user memory.
+"""drivers/infiniband/core/umem.c: pinned user memory for RDMA (``ib_umem_get``) and user memory.
 
 A classic (non-dma-buf) memory region covers a range of a process's virtual memory:
 ``ib_umem_get()`` pins the pages with ``pin_user_pages_fast(FOLL_LONGTERM)`` and maps them for the
@@ -26,12 +26,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dmabuf.buf.device import DmaDataDirection
+from dmabuf.devices.rdma.ib_verbs import IbAccess, ib_access_writable
 from dmabuf.errors import ContractViolation, DmaBufError
 from dmabuf.machine import Machine, current_machine
 from dmabuf.mm.phys import PAGE_SHIFT, PAGE_SIZE, PhysMemory, PhysRegion
 from dmabuf.mm.ranges import slice_ranges
-
-from dmabuf.devices.rdma.ib_verbs import IbAccess, ib_access_writable
 
 if TYPE_CHECKING:
     from dmabuf.devices.rdma.mlx5_ib import RdmaNic

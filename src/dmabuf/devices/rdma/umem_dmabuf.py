@@ -124,6 +124,8 @@ class IbUmemDmabuf:
         bus_address: per range of :attr:`dma`, whether it is a PCI bus address
             (``SG_DMA_BUS_ADDRESS``: P2P through a switch, bypassing the IOMMU); None unmapped.
         owners: page owners the live mapping reaches (model check, see module docs), or None.
+        p2p_map_type: name of the ``PciP2pdmaMapType`` the exporter mapped peer MMIO with
+            (``"BUS_ADDR"``, ``"THRU_HOST_BRIDGE"``), None for system memory or unmapped.
         private: the driver's MR (``umem_dmabuf->private``).
         pinned, revoked: as the kernel's bits.
         maps / unmaps: how many times the window was mapped / unmapped (statistics).
@@ -145,6 +147,7 @@ class IbUmemDmabuf:
         self.dma: np.ndarray | None = None
         self.bus_address: np.ndarray | None = None
         self.owners: frozenset[int] | None = None
+        self.p2p_map_type: str | None = None
         self.private: Any = None
         self.pinned = False
         self.revoked = False
@@ -275,6 +278,10 @@ def _record_mapping(umem: IbUmemDmabuf, sgt: MapResult) -> None:
     umem.dma = window
     umem.bus_address = _bus_flags(umem.dma_device, full, flags, start, end, window.size)
     umem.owners = _owners(umem.dma_device, window)
+    orig = getattr(sgt, "original", None) or sgt
+    rec = getattr(umem.dma_device, "dma_buf_dma", {}).get(id(orig))
+    mt = getattr(rec, "map_type", None)
+    umem.p2p_map_type = None if mt is None else str(mt.name)
 
 
 def _bus_flags(dev: DmaDevice, full: np.ndarray, flags: np.ndarray, start: int, end: int,
@@ -377,6 +384,7 @@ def ib_umem_dmabuf_unmap_pages(umem: IbUmemDmabuf) -> None:
     umem.dma = None
     umem.bus_address = None
     umem.owners = None
+    umem.p2p_map_type = None
     umem.unmaps += 1
     umem.attach.unmap(sgt, DmaDataDirection.BIDIRECTIONAL)
     umem.ibdev.machine.trace.emit("ib_umem_dmabuf_unmap_pages", device=umem.ibdev.name,

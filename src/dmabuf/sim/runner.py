@@ -1,0 +1,747 @@
+"""Run a scenario: the machine, its drivers, real DMA, modelled time — and the report's data.
+
+Kernel: none. The runner is the "user space plus hardware" around the kernel-faithful layers:
+it builds each host of a :class:`~dmabuf.sim.scenario.Scenario`, binds the drivers, creates and
+shares the buffers, runs the workload and measures it.
+
+Time
+    Everything runs in the scheduler's **controlled mode**
+    (:class:`~dmabuf.sched.ControlledScheduler`): one thread at a time, every choice from the
+    seed, and a virtual clock that is the modelled hardware time. A transfer blocks its thread
+    for the time the fluid timing model gives it (:class:`~dmabuf.sim.timing.FabricClock`:
+    max-min fair sharing of every link by the transfers in flight, bridge efficiencies, IOTLB
+    misses on translated paths, none on BUS_ADDR paths); mapping, remapping, invalidation and
+    fault costs (:class:`~dmabuf.sim.params.TimingParams`) are slept where they happen. The same
+    seed gives the same schedule, the same virtual times and the same report (only wall times
+    differ).
+
+    Devices (layer 5) cannot see the timing model (layer 6), so the time of a device's own
+    copies is charged here: when a GPU moves a buffer (trace point ``ttm_bo_move``: an eviction,
+    a restore, the staging of a buffer into GTT for a non-P2P importer) the thread doing the
+    move — holding the buffer's reservation, as TTM does — sleeps the modelled duration of the
+    copy over the fabric (VRAM -> host memory or back). That is the adapter this layer needs
+    instead of a change to the drivers.
+
+Bytes
+    Every transfer moves real bytes: the initiating device's DMA engine reads (or writes) the
+    buffer through the DMA addresses its importer mapping holds — bus addresses, IOVAs through
+    the IOMMU page table, or host physical addresses — with the page-owner check on; an RDMA
+    transfer's peer writes them into its own buffer the same way. They are verified end to end
+    (:mod:`dmabuf.sim.verify`): the bytes read must have the expected per-page digests of the
+    buffer, bytes written are read back through the exporter's own view of its pages. Each DMA
+    is bracketed by a fence in the buffer's reservation object (:meth:`Import.begin` /
+    :meth:`Import.end`), so an exporter that moves or revokes the buffer waits for it.
+    The real-bytes part of each transfer runs under one runner lock, so concurrent streams over
+    the same buffer verify against a consistent expectation.
+
+Results
+    :func:`run_scenario` returns the report as a plain dict (``docs/report-schema.json``):
+    per attachment the map type, distance and path; per stream bytes moved and verified, the
+    combined CRC-32, modelled throughput; per link bytes and utilisation; events with their
+    outcome; DMA faults; modelled and wall time. ``ok`` is false when a checksum failed or an
+    unexpected error or fault happened, and ``failures`` says which.
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from dmabuf.buf.dma_engine import DmaFaultLog
+from dmabuf.buf.phys_vec import PhysVec
+from dmabuf.buf.sg_table import SgTable
+from dmabuf.devices.base import Device
+from dmabuf.devices.platform import Platform
+from dmabuf.errors import DeadlockDetected, DmaBufError, IommuFault, errno_name
+from dmabuf.machine import Machine
+from dmabuf.mm.phys import PAGE_SIZE
+from dmabuf.sched import ControlledScheduler
+from dmabuf.sim.actors import (
+    Export,
+    Import,
+    Mapping,
+    make_export,
+    region_node_map,
+    repr_bytes,
+)
+from dmabuf.sim.fabric import Direction, FlowKind, Hop
+from dmabuf.sim.pci_fabric import PciFabric, fabric_from_topology
+from dmabuf.sim.scenario import KINDS, EventSpec, HostSpec, Scenario, StreamSpec
+from dmabuf.sim.timing import FabricClock, FlowSpec, fabric_clock
+from dmabuf.sim.verify import BufferTruth, StreamChecksum, fill_bytes, page_digests
+from dmabuf.trace import TraceEvent
+
+__all__ = ["REPORT_SCHEMA", "HostRun", "ProgressFn", "run_scenario"]
+
+#: Identifies the report format (``docs/report-schema.json``).
+REPORT_SCHEMA = "pydmabuf.report/1"
+
+#: ``progress(host, done_bytes, total_bytes)`` — called after every transfer.
+ProgressFn = Callable[[str, int, int], None]
+
+#: How each scenario device parameter is passed to its driver.
+_PARAM_NAMES = {"gpu": {"vram": "vram_size", "gtt": "gtt_size"},
+                "accel": {"hbm": "dram_size"}}
+
+#: Importer modes the runner can drive with the dma-buf core alone (others need the driver).
+_GENERIC_MODES = ("static", "pinned", "dynamic", "revocable")
+
+
+def _reverse(hops: tuple[Hop, ...]) -> tuple[Hop, ...]:
+    return tuple((lk, Direction.UP if d is Direction.DOWN else Direction.DOWN)
+                 for lk, d in reversed(hops))
+
+
+def _load_driver(kind: str) -> tuple[type[Device] | None, str]:
+    """The driver class of a kind, or None and why not."""
+    mod_name, _, cls_name = KINDS[kind].driver.partition(":")
+    try:
+        mod = importlib.import_module(mod_name)
+    except ImportError as e:
+        return None, f"driver module {mod_name} is not available ({e})"
+    cls = getattr(mod, cls_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, Device)):
+        return None, f"{mod_name} has no driver class {cls_name}"
+    return cls, ""
+
+
+def missing_drivers(scenario: Scenario) -> dict[str, str]:
+    """Device kinds the scenario uses whose driver is not available: kind -> reason."""
+    out: dict[str, str] = {}
+    for h in scenario.hosts:
+        for d in h.devices:
+            if d.kind not in out:
+                cls, why = _load_driver(d.kind)
+                if cls is None:
+                    out[d.kind] = why
+    return {k: v for k, v in out.items() if v}
+
+
+@dataclass
+class _StreamState:
+    spec: StreamSpec
+    checksum: StreamChecksum = field(default_factory=StreamChecksum)
+    transfers: int = 0
+    bytes: int = 0
+    verified: int = 0
+    first: float = math.inf
+    last: float = 0.0
+    flows: list[tuple[float, float]] = field(default_factory=list)
+    rate_sum: float = 0.0
+    errors: list[str] = field(default_factory=list)
+    stopped: str | None = None
+    status: str = "ok"
+
+
+class HostRun:
+    """One host of a scenario, run inside a controlled scheduler (see the module docstring).
+
+    Args:
+        scenario: the scenario.
+        host: the host to run.
+        machine: its machine (controlled scheduler, seeded).
+        progress: optional progress callback.
+        allow_missing: run what can run when a driver is missing (its elements are reported
+            as ``missing``) instead of failing.
+    """
+
+    def __init__(self, scenario: Scenario, host: HostSpec, machine: Machine,
+                 progress: ProgressFn | None = None, allow_missing: bool = False) -> None:
+        self.scenario = scenario
+        self.host = host
+        self.machine = machine
+        self.progress = progress
+        self.allow_missing = allow_missing
+        self.params = host.timing
+        self.devices: dict[str, Device] = {}
+        self.missing: dict[str, str] = {}
+        self.exports: dict[str, Export] = {}
+        self.buffer_status: dict[str, str] = {}
+        self.imports: dict[tuple[str, str], Import] = {}
+        self.import_status: dict[tuple[str, str], tuple[str, str]] = {}
+        self.truths: dict[str, BufferTruth] = {}
+        self.streams: dict[str, _StreamState] = {}
+        self.events: list[dict[str, Any]] = []
+        self.moves: list[dict[str, Any]] = []
+        self.failures: list[str] = []
+        self.notes: list[str] = []
+        self.export_factories: dict[str, Callable[..., Export]] = {}
+        self.done_bytes = 0
+        self.total_bytes = host.total_bytes
+        self._heap: Any = None
+        self._pressure: list[Any] = []
+        self._lookup: Callable[[int], tuple[str, str]] | None = None
+
+    # ------------------------------------------------------------------ helpers for actors
+    def system_heap(self) -> Any:
+        """The machine's system heap (registered on first use)."""
+        if self._heap is None:
+            from dmabuf.buf.heaps import system_heap_create
+
+            self._heap = system_heap_create(self.phys, machine=self.machine)
+        return self._heap
+
+    def describe_mapping(self, imp: Import, table: SgTable | PhysVec) -> Mapping:
+        """Derive everything the runner needs from an importer's map result."""
+        if isinstance(table, SgTable):
+            dma = np.asarray(table.dma_ranges())
+            entries = int(table.nents)
+        else:
+            dma = np.asarray(table.ranges)
+            entries = int(table.nr_ranges)
+        dev = imp.dev
+        phys_r = dev.dma.translate(dma)
+        owners = frozenset(int(o) for o in np.unique(self.phys.owners_of(phys_r)))
+        if self._lookup is None:
+            self._lookup = region_node_map(self)
+        mem, label = self._lookup(int(phys_r["addr"][0]))
+        devnode = self.pf.node(dev.bdf)
+        exp_dev = self.host.device(imp.export.spec.exporter) if \
+            imp.export.spec.exporter != "system" else None
+        on_ram = mem in self.pf.ram_of.values()
+        uses_iommu = bool(dev.dma.uses_dma_iommu)
+        if on_ram:
+            hops = self.pf.path(mem, devnode)
+            map_type = "HOST_MEMORY"
+            iommu = uses_iommu
+            if exp_dev is not None and exp_dev.kind == "gpu":
+                decision = self.topo.p2p_map_type(exp_dev.bdf, dev.bdf)
+                if decision.name != "BUS_ADDR" and decision.name != "THRU_HOST_BRIDGE":
+                    map_type = "STAGED_HOST_MEMORY"
+                elif not imp.attach or not imp.attach.peer2peer:
+                    map_type = "HOST_MEMORY (importer not P2P)"
+        else:
+            provider = exp_dev.bdf if exp_dev is not None else dev.bdf
+            mt = self.topo.p2p_map_type(provider, dev.bdf)
+            map_type = mt.name
+            hops = self.pf.path(mem, devnode, via_rc=mt.name != "BUS_ADDR")
+            iommu = uses_iommu and mt.name != "BUS_ADDR"
+        nbytes, ranges = repr_bytes(imp.spec.repr, table, dma, iommu)
+        loc = imp.export.location()
+        return Mapping(table, dma, owners, mem, loc, map_type, self.pf.nodes_of(hops), iommu,
+                       entries, ranges, nbytes)
+
+    def _path_cache(self, imp: Import, m: Mapping) -> tuple[Hop, ...]:
+        key = tuple(m.path_nodes)
+        cached = self._paths.get(key)
+        if cached is None:
+            cached = self._nodes_to_hops(m.path_nodes)
+            self._paths[key] = cached
+        return cached
+
+    def _nodes_to_hops(self, nodes: list[str]) -> tuple[Hop, ...]:
+        f = self.pf.fabric
+        hops: list[Hop] = []
+        for a, b in zip(nodes, nodes[1:], strict=False):
+            for lk in f.links.values():
+                if lk.a == a and lk.b == b:
+                    hops.append((lk.name, Direction.DOWN))
+                    break
+                if lk.b == a and lk.a == b:
+                    hops.append((lk.name, Direction.UP))
+                    break
+            else:
+                raise DmaBufError(errno.EHOSTUNREACH, f"no link between {a} and {b}")
+        return tuple(hops)
+
+    def map_cost(self, m: Mapping, *, remap: bool) -> float:
+        """Modelled seconds of a (re)map: DMA mapping (IOMMU or bus address) + UMR for NICs."""
+        pages = -(-int(m.dma["len"].sum(dtype=np.uint64)) // self.params.iommu_page_size) \
+            if m.dma.size else 0
+        cost = self.params.map_cost(pages, m.ranges, iommu=m.iommu)
+        if remap:
+            cost += self.params.remap_cost(m.ranges)
+        return float(cost)
+
+    # ------------------------------------------------------------------ the run
+    def run(self) -> dict[str, Any]:
+        """Build, run and tear down the host; return its report section."""
+        m = self.machine
+        host = self.host
+        t_wall = time.perf_counter()
+        self._paths: dict[tuple[str, ...], tuple[Hop, ...]] = {}
+        self.topo = host.load_topology()
+        for port, ctrl in host.topology.acs:
+            self.topo.set_acs_ctrl(port, ctrl)
+        self.platform = Platform(self.topo, machine=m, ram_size=host.topology.ram,
+                                 iommu=host.topology.iommu)
+        self.phys = self.platform.phys
+        nic_rates = {d.endpoint: float(d.params.get("gbps", 400.0)) for d in host.devices
+                     if d.kind == "nic"}
+        self.pf: PciFabric = fabric_from_topology(self.topo, self.params, nic_gbps=nic_rates)
+        self.clock: FabricClock = fabric_clock(m, self.pf.fabric)
+        unsubscribe = m.trace.subscribe(self._on_trace)
+        self._bytes_lock = m.sched.lock("scenario.bytes")
+        try:
+            self._setup()
+            tasks = []
+            for st in host.streams:
+                state = self.streams[st.name]
+                if state.status != "ok":
+                    continue
+                for k in range(st.concurrency):
+                    tasks.append(m.sched.spawn(self._worker, st, k, name=f"{st.name}.{k}"))
+            if host.events:
+                tasks.append(m.sched.spawn(self._events, name="events"))
+            for t in tasks:
+                t.join()
+            for t in tasks:
+                t.result()
+            modelled = m.sched.now()
+            self._final_checks()
+        finally:
+            unsubscribe()
+            self._teardown()
+        return self._report(modelled, time.perf_counter() - t_wall)
+
+    def _setup(self) -> None:
+        host = self.host
+        for d in host.devices:
+            cls, why = _load_driver(d.kind)
+            if cls is None:
+                self.missing[d.name] = why
+                continue
+            names = _PARAM_NAMES.get(d.kind, {})
+            params = {names.get(k, k): v for k, v in d.params.items()}
+            self.devices[d.name] = self.platform.bind(cls, d.endpoint, name=d.name, **params)
+        for b in host.buffers:
+            if b.exporter != "system" and b.exporter not in self.devices:
+                self.buffer_status[b.name] = f"missing: exporter {b.exporter}: " \
+                    f"{self.missing.get(b.exporter, 'not bound')}"
+                continue
+            try:
+                exp = make_export(self, b)
+            except KeyError:
+                self.buffer_status[b.name] = (f"missing: no exporter adapter for "
+                                              f"{host.device(b.exporter).kind}")
+                continue
+            data = fill_bytes(self.machine.rng(f"buffer:{b.name}"), b.size, b.fill)
+            exp.write_initial(data)
+            self.truths[b.name] = BufferTruth(b.name, data)
+            self.exports[b.name] = exp
+            self.buffer_status[b.name] = "ok"
+        for i in host.imports:
+            key = i.key
+            if i.buffer not in self.exports:
+                self.import_status[key] = ("missing", f"buffer {i.buffer}: "
+                                           f"{self.buffer_status.get(i.buffer)}")
+                continue
+            if i.device not in self.devices:
+                self.import_status[key] = ("missing", f"device {i.device}: "
+                                           f"{self.missing.get(i.device)}")
+                continue
+            if i.mode not in _GENERIC_MODES:
+                self.import_status[key] = ("missing", f"mode {i.mode} needs the "
+                                           f"{host.device(i.device).kind} driver's own support, "
+                                           "which is not available")
+                continue
+            imp = Import(self, i, self.exports[i.buffer], self.devices[i.device])
+            try:
+                imp.do_attach()
+                imp.map_initial()
+            except DmaBufError as e:
+                name = errno_name(e.errno or 0)
+                if i.expect == name:
+                    self.import_status[key] = ("expected-error", str(e))
+                else:
+                    self.import_status[key] = ("error", str(e))
+                    self.failures.append(f"{imp.name}: attach/map failed: {e}")
+                imp.error = e
+                self.imports[key] = imp
+                continue
+            if i.expect is not None:
+                self.import_status[key] = ("error", f"expected {i.expect}, but it succeeded")
+                self.failures.append(f"{imp.name}: expected {i.expect}, but the attach and map "
+                                     "succeeded")
+            else:
+                self.import_status[key] = ("ok", "")
+            self.imports[key] = imp
+        for st in host.streams:
+            state = _StreamState(st)
+            self.streams[st.name] = state
+            for key in [(st.buffer, st.device)] + ([(st.peer_buffer, st.peer)]
+                                                   if st.peer and st.peer_buffer else []):
+                status, why = self.import_status.get((key[0], key[1]), ("missing", "?"))
+                if status != "ok":
+                    state.status = "missing" if status == "missing" else "error"
+                    state.stopped = f"import {key[0]}@{key[1]} is {status}: {why}"
+                    if status != "missing":
+                        self.failures.append(f"stream {st.name}: {state.stopped}")
+
+    # ------------------------------------------------------------------ streams
+    def _worker(self, st: StreamSpec, k: int) -> None:
+        sched = self.machine.sched
+        now = sched.now()
+        if st.start > now:
+            sched.sleep(st.start - now)
+        state = self.streams[st.name]
+        for i in range(k, st.count, st.concurrency):
+            if state.stopped:
+                return
+            self._transfer(state, i)
+            if st.gap > 0:
+                sched.sleep(st.gap)
+
+    def _flow_path(self, st: StreamSpec, m: Mapping, pm: Mapping | None,
+                   imp: Import, peer: Import | None) -> tuple[tuple[Hop, ...], FlowKind, bool]:
+        here = self._path_cache(imp, m)       # buffer memory -> device
+        dev_node = self.pf.node(imp.dev.bdf)
+        if peer is not None and pm is not None:
+            there = self._path_cache(peer, pm)   # peer buffer memory -> peer
+            peer_node = self.pf.node(peer.dev.bdf)
+            if st.direction == "read":
+                path = here + self.pf.rdma_path(dev_node, peer_node) + _reverse(there)
+                read_leg = here
+            else:
+                path = there + self.pf.rdma_path(peer_node, dev_node) + _reverse(here)
+                read_leg = there
+            iommu = m.iommu or pm.iommu
+        else:
+            sink: tuple[Hop, ...] = ()
+            if dev_node in self.pf.port_of:
+                sink = ((self.pf.port_of[dev_node], Direction.DOWN),)
+            elif imp.dev.bdf in self.pf.mem_of:
+                sink = self.pf.path(dev_node, self.pf.mem_of[imp.dev.bdf])
+            if st.direction == "read":
+                path = here + sink
+                read_leg = here
+            else:
+                path = _reverse(sink) + _reverse(here)
+                read_leg = ()
+            iommu = m.iommu
+        crosses = self.pf.crosses_rc(read_leg) if read_leg else False
+        return path, (FlowKind.READ if crosses else FlowKind.WRITE), iommu
+
+    def _transfer(self, state: _StreamState, i: int) -> None:
+        st = state.spec
+        m = self.machine
+        imp = self.imports[(st.buffer, st.device)]
+        peer = self.imports[(st.peer_buffer, st.peer)] if st.peer and st.peer_buffer else None
+        here_writes = st.direction == "write"
+        # Begin in a canonical order (by buffer name) so two transfers over the same pair of
+        # buffers never wait for each other's fences in a cycle.
+        parts: list[tuple[Import, bool]] = [(imp, here_writes)]
+        if peer is not None:
+            parts.append((peer, not here_writes))
+        parts.sort(key=lambda p: p[0].spec.buffer)
+        begun: dict[int, tuple[Mapping, Any, np.ndarray]] = {}
+        try:
+            for p, w in parts:
+                mp, fence = p.begin(w)
+                begun[id(p)] = (mp, fence, p.export.truth_ranges())
+        except DmaBufError as e:
+            for p, _w in parts:
+                if id(p) in begun:
+                    p.end(begun[id(p)][0], begun[id(p)][1])
+            revoked = any(p.revoked or p.export.revoked for p, _ in parts)
+            if revoked:
+                state.stopped = f"stopped at {m.sched.now() * 1e6:.1f} us: buffer revoked " \
+                                f"({errno_name(e.errno or 0)})"
+                if state.status == "ok":
+                    state.status = "revoked"
+            else:
+                state.errors.append(f"#{i}: {e}")
+                state.stopped = f"error: {e}"
+                state.status = "error"
+                self.failures.append(f"stream {st.name} #{i}: {e}")
+            return
+        mm, _f, truth_here = begun[id(imp)]
+        pm = begun[id(peer)][0] if peer is not None else None
+        truth_peer = begun[id(peer)][2] if peer is not None else None
+        err = 0
+        try:
+            path, kind, iommu = self._flow_path(st, mm, pm, imp, peer)
+            res = self.clock.transfer(FlowSpec(f"{st.name}#{i}", path, st.size, kind=kind,
+                                               iommu=iommu))
+            with self._bytes_lock:
+                err = self._move_bytes(state, i, imp, mm, truth_here, peer, pm, truth_peer)
+            state.transfers += 1
+            state.bytes += st.size
+            state.first = min(state.first, res.start)
+            state.last = max(state.last, res.end)
+            state.flows.append((res.start, res.end))
+            state.rate_sum += res.transfer_rate
+        finally:
+            for p, _w in parts:
+                p.end(begun[id(p)][0], begun[id(p)][1], err)
+        self.done_bytes += st.size
+        if self.progress is not None:
+            self.progress(self.host.name, self.done_bytes, self.total_bytes)
+
+    def _offset(self, buffer: str, size: int, i: int) -> int:
+        slots = max(1, self.host.buffer(buffer).size // size)
+        return (i % slots) * size
+
+    def _move_bytes(self, state: _StreamState, i: int, imp: Import, m: Mapping,
+                    truth_here: np.ndarray, peer: Import | None, pm: Mapping | None,
+                    truth_peer: np.ndarray | None) -> int:
+        """The real DMA of transfer ``i``; returns a negative errno on failure (0: ok)."""
+        st = state.spec
+        off = self._offset(st.buffer, st.size, i)
+        try:
+            if st.direction == "read":
+                data = imp.dma_read(m, off, st.size)
+                bad = self.truths[st.buffer].check(off, data)
+                if bad:
+                    return self._bad(state, i, f"read by {imp.dev.name} through its mapping: "
+                                     f"{bad}")
+                if peer is not None and pm is not None and truth_peer is not None:
+                    assert st.peer_buffer is not None
+                    poff = self._offset(st.peer_buffer, st.size, i)
+                    peer.dma_write(pm, poff, data)
+                    err = self._check_written(state, i, st.peer_buffer, truth_peer, poff, data)
+                    if err:
+                        return err
+            else:
+                if peer is not None and pm is not None:
+                    assert st.peer_buffer is not None
+                    poff = self._offset(st.peer_buffer, st.size, i)
+                    data = peer.dma_read(pm, poff, st.size)
+                    bad = self.truths[st.peer_buffer].check(poff, data)
+                    if bad:
+                        return self._bad(state, i, f"read by {peer.dev.name}: {bad}")
+                else:
+                    data = self._generated(st, i)
+                imp.dma_write(m, off, data)
+                err = self._check_written(state, i, st.buffer, truth_here, off, data)
+                if err:
+                    return err
+        except IommuFault as e:
+            return self._bad(state, i, f"DMA fault: {e}", -errno.EFAULT)
+        except DmaBufError as e:
+            return self._bad(state, i, f"DMA failed: {e}", -(e.errno or errno.EIO))
+        state.checksum.add(i, data)
+        state.verified += st.size
+        return 0
+
+    def _check_written(self, state: _StreamState, i: int, buffer: str, truth: np.ndarray,
+                       off: int, data: np.ndarray) -> int:
+        from dmabuf.mm.ranges import slice_ranges
+
+        back = self.phys.read(slice_ranges(truth, off, int(data.size)))
+        if not np.array_equal(page_digests(back), page_digests(data)):
+            return self._bad(state, i, f"bytes written into {buffer!r} at {off:#x} do not read "
+                             "back through the exporter's pages")
+        self.truths[buffer].update(off, data)
+        return 0
+
+    def _bad(self, state: _StreamState, i: int, msg: str, err: int = -errno.EIO) -> int:
+        state.errors.append(f"#{i}: {msg}")
+        state.status = "error"
+        self.failures.append(f"stream {state.spec.name} #{i}: {msg}")
+        return err
+
+    def _generated(self, st: StreamSpec, i: int) -> np.ndarray:
+        base = self._gen_cache.get(st.name) if hasattr(self, "_gen_cache") else None
+        if base is None:
+            if not hasattr(self, "_gen_cache"):
+                self._gen_cache: dict[str, np.ndarray] = {}
+            base = fill_bytes(self.machine.rng(f"stream:{st.name}"), st.size, "random")
+            self._gen_cache[st.name] = base
+        return (base.view(np.uint64) ^ np.uint64(i + 1)).view(np.uint8)
+
+    # ------------------------------------------------------------------ events
+    def _events(self) -> None:
+        sched = self.machine.sched
+        for ev in self.host.events:
+            now = sched.now()
+            if ev.at > now:
+                sched.sleep(ev.at - now)
+            t0 = sched.now()
+            rec: dict[str, Any] = {"at": ev.at, "time": t0, "action": ev.action,
+                                   "target": ev.device or ev.buffer or ev.port or "",
+                                   "label": ev.label, "note": ev.note, "line": ev.line}
+            try:
+                rec["outcome"] = "ok"
+                rec["detail"] = self._do_event(ev)
+            except _Missing as e:
+                rec["outcome"] = "missing"
+                rec["detail"] = str(e)
+            except DmaBufError as e:
+                rec["outcome"] = "error"
+                rec["detail"] = str(e)
+                self.failures.append(f"event {ev.label} at {ev.at * 1e6:g} us: {e}")
+            rec["duration"] = sched.now() - t0
+            self.events.append(rec)
+
+    def _do_event(self, ev: EventSpec) -> str:
+        if ev.action == "acs":
+            assert ev.port is not None and ev.ctrl is not None
+            from dmabuf.pci.pci_regs import acs_names
+
+            self.topo.set_acs_ctrl(ev.port, ev.ctrl)
+            return (f"ACS ctrl of {ev.port} = {' '.join(acs_names(ev.ctrl)) or '-'}; decisions "
+                    "already cached per (provider, client) are kept (kernel xarray cache)")
+        if ev.action == "pressure":
+            assert ev.device is not None and ev.bytes is not None
+            gpu = self.devices.get(ev.device)
+            if gpu is None:
+                raise _Missing(f"{ev.device}: {self.missing.get(ev.device)}")
+            from dmabuf.devices.gpu import AmdgpuDomain
+
+            before = gpu.evictions
+            bo = gpu.alloc_bo(ev.bytes, domain=AmdgpuDomain.VRAM, name=f"pressure{ev.index}")
+            self._pressure.append((gpu, bo))
+            return (f"allocated {ev.bytes >> 20} MiB of VRAM on {ev.device}: "
+                    f"{gpu.evictions - before} BO(s) evicted to GTT")
+        if ev.action in ("evict", "restore"):
+            assert ev.buffer is not None
+            exp = self.exports.get(ev.buffer)
+            if exp is None:
+                raise _Missing(f"buffer {ev.buffer}: {self.buffer_status.get(ev.buffer)}")
+            return exp.evict() if ev.action == "evict" else exp.restore()
+        handler = self.event_handlers.get(ev.action) if hasattr(self, "event_handlers") else None
+        if handler is None:
+            raise _Missing(f"{ev.action}: the vfio-pci driver this needs is not available")
+        return str(handler(self, ev))
+
+    # ------------------------------------------------------------------ device copies
+    def _on_trace(self, ev: TraceEvent) -> None:
+        if ev.name != "ttm_bo_move":
+            return
+        f = ev.fields
+        gpu = self.devices.get(str(f.get("device")))
+        if gpu is None:
+            return
+        size = None
+        for exp in self.exports.values():
+            bo = getattr(exp, "bo", None)
+            if bo is not None and bo.name == f.get("bo") and getattr(exp, "gpu", None) is gpu:
+                size = bo.size
+                break
+        if size is None:
+            for g, bo in self._pressure:
+                if g is gpu and bo.name == f.get("bo"):
+                    size = bo.size
+        if size is None:
+            return
+        mem = self.pf.mem_of.get(gpu.bdf)
+        if mem is None:
+            return
+        ram = self.pf.ram(self.platform.numa_node_of(gpu.pdev))
+        to_vram = f.get("new") == "VRAM"
+        path = self.pf.path(ram, mem) if to_vram else self.pf.path(mem, ram)
+        t0 = self.machine.sched.now()
+        self.clock.transfer(FlowSpec(f"move {f.get('bo')} {f.get('old')}->{f.get('new')}",
+                                     path, int(size),
+                                     kind=FlowKind.READ if to_vram else FlowKind.WRITE,
+                                     iommu=bool(gpu.dma.uses_dma_iommu)))
+        self.moves.append({"buffer": str(f.get("bo")), "device": gpu.name,
+                           "from": str(f.get("old")), "to": str(f.get("new")),
+                           "evict": bool(f.get("evict")), "bytes": int(size),
+                           "start": t0, "end": self.machine.sched.now()})
+
+    # ------------------------------------------------------------------ end of run
+    def _final_checks(self) -> None:
+        for name, exp in self.exports.items():
+            resv = exp.dmabuf.resv if exp.dmabuf is not None else None
+            if resv is not None:
+                resv.wait_timeout(self._usage_all(), False, None)
+            try:
+                data = self.phys.read(exp.truth_ranges())
+            except DmaBufError as e:
+                self.buffer_status[name] = f"error: cannot read back: {e}"
+                self.failures.append(f"buffer {name}: final read-back failed: {e}")
+                continue
+            bad = self.truths[name].check(0, data)
+            if bad:
+                self.buffer_status[name] = f"error: {bad}"
+                self.failures.append(f"buffer {name}: final content check: {bad}")
+
+    @staticmethod
+    def _usage_all() -> Any:
+        from dmabuf.sync.dma_resv import DmaResvUsage
+
+        return DmaResvUsage.BOOKKEEP
+
+    def _teardown(self) -> None:
+        for imp in self.imports.values():
+            try:
+                imp.detach()
+            except DmaBufError as e:
+                self.notes.append(f"detach {imp.name}: {e}")
+        for gpu, bo in self._pressure:
+            try:
+                gpu.free_bo(bo)
+            except DmaBufError as e:
+                self.notes.append(f"free pressure BO: {e}")
+        for exp in self.exports.values():
+            try:
+                exp.release()
+            except DmaBufError as e:
+                self.notes.append(f"release {exp.name}: {e}")
+        try:
+            self.platform.close()
+        except DmaBufError as e:
+            self.notes.append(f"platform close: {e}")
+
+    # ------------------------------------------------------------------ report
+    def _report(self, modelled: float, wall: float) -> dict[str, Any]:
+        from dmabuf.sim.report import host_section
+
+        return host_section(self, modelled, wall)
+
+
+class _Missing(Exception):
+    """An element needs a driver this installation lacks."""
+
+
+def run_scenario(scenario: Scenario, *, seed: int | None = None,
+                 progress: ProgressFn | None = None, allow_missing: bool = False,
+                 keep_timeline: bool = True) -> dict[str, Any]:
+    """Run every host of a scenario under the controlled scheduler and report.
+
+    Args:
+        scenario: a validated scenario.
+        seed: override the scenario's seed.
+        progress: ``progress(host, done_bytes, total_bytes)`` after every transfer.
+        allow_missing: run what can run when a driver is missing (reported as ``missing``);
+            otherwise a missing driver is an error before anything runs.
+        keep_timeline: keep each host's link-utilisation timeline in the report (for plots).
+    Context: runs threads of its own (one controlled scheduler per host, one after the other);
+        call it from an ordinary thread, not from inside another controlled run.
+    Returns: the report dict (``docs/report-schema.json``).
+    Raises: DmaBufError(EOPNOTSUPP) for a missing driver without ``allow_missing``;
+        DeadlockDetected or RuntimeError when the run itself breaks (a bug; the seed replays it).
+    Kernel: none.
+    """
+    from dmabuf.sim.report import scenario_report
+
+    s = scenario if seed is None else scenario.with_seed(seed)
+    miss = missing_drivers(s)
+    if miss and not allow_missing:
+        lines = "; ".join(f"{k}: {v}" for k, v in miss.items())
+        raise DmaBufError(errno.EOPNOTSUPP, f"scenario {s.name} needs drivers this installation "
+                          f"lacks ({lines}); pass allow_missing to run the rest")
+    t0 = time.perf_counter()
+    hosts: list[dict[str, Any]] = []
+    for idx, host in enumerate(s.hosts):
+        sched = ControlledScheduler(s.seed * 1_000_003 + idx, policy=s.run.policy,
+                                    wall_timeout=s.run.wall_timeout, max_steps=50_000_000)
+        holder: dict[str, Any] = {}
+
+        def main(host: HostSpec = host, sched: ControlledScheduler = sched,
+                 holder: dict[str, Any] = holder) -> None:
+            with Machine(sched=sched, seed=s.seed, name=host.name) as m:
+                hr = HostRun(s, host, m, progress, allow_missing)
+                holder["hr"] = hr
+                holder["report"] = hr.run()
+                holder["faults"] = len(m.state(DmaFaultLog))
+
+        try:
+            sched.run(main, name=f"{host.name}.main")
+        except DeadlockDetected:
+            raise
+        report = holder["report"]
+        if not keep_timeline:
+            report.pop("timeline", None)
+        hosts.append(report)
+    return scenario_report(s, hosts, time.perf_counter() - t0)
+
