@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,10 +15,11 @@ from dmabuf.machine import Machine
 from dmabuf.mm import PAGE_SIZE, MemKind
 from dmabuf.sched import explore
 from dmabuf.sync.sw_sync import SwSyncTimeline
+from dmabuf.testing.paths import sysfs_roots_dir
 
 GiB = 1 << 30
 MiB = 1 << 20
-FIXTURES = Path("/work/shared/fixtures/sysfs-roots")
+FIXTURES = sysfs_roots_dir()
 NEEDS_FIXTURES = pytest.mark.skipif(not FIXTURES.is_dir(),
                                     reason="shared sysfs fixture roots not present")
 

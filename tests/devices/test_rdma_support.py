@@ -24,8 +24,10 @@ from dmabuf.buf.dma_buf import (
     DmaBufExportInfo,
     DmaBufOps,
     MapResult,
+    Vma,
     dma_buf_export,
 )
+from dmabuf.buf.phys_vec import PhysView
 from dmabuf.buf.revoke import Revoker
 from dmabuf.buf.sg_table import SgTable
 from dmabuf.devices.gpu import Gpu
@@ -33,6 +35,7 @@ from dmabuf.devices.platform import Platform
 from dmabuf.devices.rdma import verbs as v
 from dmabuf.machine import Machine
 from dmabuf.mm.phys import PAGE_SIZE
+from dmabuf.mm.ranges import slice_ranges
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -142,6 +145,10 @@ class RevocableExporter(DmaBufOps):
         table.unmap(attach.dev, direction)
         table.free()
         self.revoker.map_put(attach)
+
+    def mmap(self, dmabuf: DmaBuf, vma: Vma) -> None:
+        start = vma.pgoff * PAGE_SIZE
+        vma.view = PhysView(self.platform.phys, slice_ranges(self.pages, start, vma.length))
 
     def release(self, dmabuf: DmaBuf) -> None:
         self.platform.free_ram(self.pages)

@@ -764,10 +764,18 @@ def _bufinfo_entry(env: Env) -> Obs:
 @behaviour("bufinfo.fences", needs=("udmabuf", "vgem", "debugfs"),
            expect={"stub_write": [["write", "stub", "stub", 0, True]],
                    "vgem_read_pending": [["read", "vgem", "unbound", 1, False]],
-                   "vgem_read_signalled": [["read", "vgem", "unbound", 1, True]]},
+                   "vgem_read_signalled": [["read", "vgem", "unbound", 1, True]],
+                   "fence_line_format": ["driver timeline seq N"]},
+           since={"7.1": {"stub_write": [["write", "", "", 0, True]],
+                          "vgem_read_signalled": [["read", "", "", 1, True]],
+                          "fence_line_format": ["context:seqno timeline driver"]}},
            source="dma-resv.c dma_resv_describe(); dma-fence.c dma_fence_describe()")
 def _bufinfo_fences(env: Env) -> Obs:
-    """Imported stub fence and vgem read fence appear with usage, driver, timeline, state."""
+    """Imported stub fence and vgem read fence appear with usage, driver, timeline, state.
+
+    v7.1 prints ``context:seqno timeline driver`` and leaves both names empty once a fence has
+    signalled (``dma_fence_describe()`` reads them only while unsignalled, under RCU).
+    """
 
     formats: list[str] = []
 
@@ -832,10 +840,17 @@ def _poll_wakes(env: Env) -> Obs:
 
 @behaviour("sync_file.export_idle_stub", needs=("udmabuf",),
            expect={"status": 1, "num_fences": 1, "signaled": True,
-                   "fence": ["stub", "stub", 1], "cloexec": True},
+                   "fence": ["stub", "stub", 1], "cloexec": True, "name": "stub-stub0-0"},
+           since={"7.1": {"fence": ["detached-driver", "signaled-timeline", 1],
+                          "name": "detached-driver-signaled-timeli"}},
            source="dma-buf.c dma_buf_export_sync_file(): dma_fence_get_stub()")
 def _sf_stub(env: Env) -> Obs:
-    """EXPORT_SYNC_FILE of an idle buffer: one signalled stub fence (not an empty file)."""
+    """EXPORT_SYNC_FILE of an idle buffer: one signalled stub fence (not an empty file).
+
+    v7.1 detaches a names-only fence's ops when it signals, so the (always signalled) stub
+    reports ``detached-driver``/``signaled-timeline`` and the derived sync_file name is that,
+    cut to 31 bytes (``sync_file_get_name()``: ``"%s-%s%llu-%lld"``).
+    """
     with udmabuf_of(env) as (u, _), u.export_sync_file(read=True, write=True) as sf:
         info = sf.info()
         f = info.fences[0]
@@ -1601,3 +1616,214 @@ def _missing(env: Env) -> Obs:
     c2, m2 = err_msg(lambda: Udmabuf.open(env.backend, path="/nonexistent/udmabuf"))
     return {"heap_enoent": c1, "heap_names_config": "CONFIG_DMABUF_HEAPS" in m1,
             "udmabuf_enoent": c2, "udmabuf_names_config": "CONFIG_UDMABUF" in m2}
+
+
+# ============================================================================================
+# more ioctl error paths (each ioctl's argument checks, on both backends)
+
+
+@behaviour("errors.sync_file_ioctls", needs=("vgem",),
+           expect={"merge_flags": "EINVAL", "merge_pad": "EINVAL", "merge_closed_fd2": "ENOENT",
+                   "info_flags": "EINVAL", "info_pad": "EINVAL", "info_too_few": "EINVAL",
+                   "info_two_pass": [2, 0, 2], "deadline_pad": "EINVAL",
+                   "unknown_ioctl": "ENOTTY"},
+           source="sync_file.c sync_file_ioctl_merge(), sync_file_ioctl_fence_info(), "
+                  "sync_file_ioctl_set_deadline(), sync_file_ioctl()")
+def _sf_ioctl_errors(env: Env) -> Obs:
+    """Raw SYNC_IOC_*: flags/pad must be 0, fd2 must be a sync_file, FILE_INFO needs room."""
+    import ctypes
+
+    from dmabuf.uapi.sync_file import (
+        SYNC_IOC_MERGE,
+        SYNC_IOC_SET_DEADLINE,
+        SyncFenceInfoStruct,
+        SyncMergeData,
+        SyncSetDeadline,
+    )
+
+    be = env.backend
+    out: Obs = {}
+    with VgemDevice.open(be) as dev:
+        a, fa, boa = vgem_sync_file(dev)
+        b, fb, bob = vgem_sync_file(dev)
+        with a, b, boa, bob, a.merge(b) as ab:
+            def merge(**fields: int) -> None:
+                buf = bytearray(ctypes.sizeof(SyncMergeData))
+                d = SyncMergeData.from_buffer(buf)
+                d.name, d.fd2 = b"m", fields.get("fd2", b.fileno())
+                d.flags, d.pad = fields.get("flags", 0), fields.get("pad", 0)
+                be.ioctl(a.fileno(), SYNC_IOC_MERGE, buf)
+                be.close(SyncMergeData.from_buffer(buf).fence)
+
+            out["merge_flags"] = err(lambda: merge(flags=1))
+            out["merge_pad"] = err(lambda: merge(pad=1))
+            out["merge_closed_fd2"] = err(lambda: merge(fd2=9999))
+            arr = (SyncFenceInfoStruct * 2)()
+
+            def info(**fields: int) -> SyncFileInfoStruct:
+                buf = bytearray(ctypes.sizeof(SyncFileInfoStruct))
+                s = SyncFileInfoStruct.from_buffer(buf)
+                s.sync_fence_info = ctypes.addressof(arr)
+                for k, v in fields.items():
+                    setattr(s, k, v)
+                be.ioctl(ab.fileno(), SYNC_IOC_FILE_INFO, buf)
+                return SyncFileInfoStruct.from_buffer_copy(buf)
+
+            out["info_flags"] = err(lambda: info(flags=1))
+            out["info_pad"] = err(lambda: info(pad=1))
+            out["info_too_few"] = err(lambda: info(num_fences=1))
+            first = info(num_fences=0)
+            second = info(num_fences=2)
+            out["info_two_pass"] = [first.num_fences, second.status, second.num_fences]
+            dl = bytearray(ctypes.sizeof(SyncSetDeadline))
+            SyncSetDeadline.from_buffer(dl).pad = 1
+            out["deadline_pad"] = err(lambda: be.ioctl(ab.fileno(), SYNC_IOC_SET_DEADLINE, dl))
+            out["unknown_ioctl"] = err(lambda: be.ioctl(ab.fileno(), IOWR(">", 9, 8),
+                                                        bytearray(8)))
+            fa.signal()
+            fb.signal()
+    return out
+
+
+@behaviour("errors.dmabuf_ioctls", needs=("udmabuf",),
+           expect={"unknown_b_ioctl": "ENOTTY", "name_32_no_nul": "EINVAL",
+                   "export_then_import_rw": "ok", "import_closed_fd": "EINVAL",
+                   "mmap_sync_file_read": "ENODEV", "mmap_sync_file_shared_write": "EACCES"},
+           source="dma-buf.c dma_buf_ioctl() default, dma_buf_set_name(); mm/mmap.c do_mmap()")
+def _dmabuf_ioctl_errors(env: Env) -> Obs:
+    """Unknown 'b' ioctl ENOTTY; a 32-byte name without NUL EINVAL; sync_files cannot be mapped.
+
+    A sync_file is read-only: a shared writable mapping is refused before its (missing) mmap
+    operation is asked (EACCES); a read-only one reaches it (ENODEV).
+    """
+    from dmabuf.uapi.dma_buf import DMA_BUF_SET_NAME_B
+    from dmabuf.uapi.ioctl import IOW
+
+    be = env.backend
+    with udmabuf_of(env) as (u, _):
+        fd = u.fileno()
+        out: Obs = {"unknown_b_ioctl": err(lambda: be.ioctl(fd, IOW("b", 9, 8), bytearray(8))),
+                    "name_32_no_nul": err(lambda: be.ioctl(fd, DMA_BUF_SET_NAME_B,
+                                                           bytearray(b"n" * 32)))}
+        with u.export_sync_file(read=True, write=True) as sf:
+            out["export_then_import_rw"] = err(lambda: u.import_sync_file(sf, read=True,
+                                                                          write=True))
+            out["mmap_sync_file_read"] = err(lambda: be.mmap(
+                sf.fileno(), PAGE, prot=mmap.PROT_READ, flags=mmap.MAP_SHARED).close())
+            out["mmap_sync_file_shared_write"] = err(lambda: be.mmap(
+                sf.fileno(), PAGE, prot=mmap.PROT_READ | mmap.PROT_WRITE,
+                flags=mmap.MAP_SHARED).close())
+            sfd = be.dup(sf.fileno())
+            be.close(sfd)
+            out["import_closed_fd"] = err(lambda: u.import_sync_file(sfd))
+    return out
+
+
+@behaviour("errors.vgem_ioctls", needs=("vgem", "heap"),
+           expect={"dumb_bpp_zero": "EINVAL", "dumb_overflow": "EINVAL",
+                   "map_dumb_unknown": "ENOENT", "map_dumb_imported": "EINVAL",
+                   "mmap_bad_offset": "EINVAL", "mmap_too_long": "EINVAL",
+                   "mmap_private": "EINVAL", "prime_mmap_private": "EINVAL",
+                   "rdonly_export_write_map": "EACCES", "unknown_driver_ioctl": "EINVAL",
+                   "driver_ioctl_without_function": "EINVAL", "map_dumb_offsets_distinct": True},
+           source="drm_dumb_buffers.c drm_mode_create_dumb(); drm_gem.c drm_gem_dumb_map_offset(),"
+                  " drm_gem_mmap(); drm_gem_shmem_helper.c drm_gem_shmem_mmap(); drm_ioctl.c")
+def _vgem_more_errors(env: Env) -> Obs:
+    """Dumb-buffer, MAP_DUMB, DRM mmap and DRM ioctl-table error paths of vgem."""
+    import ctypes
+
+    from dmabuf.uapi.vgem import DRM_IOCTL_MODE_MAP_DUMB, DrmModeMapDumb
+
+    be = env.backend
+    rw = mmap.PROT_READ | mmap.PROT_WRITE
+
+    def map_dumb(dev: VgemDevice, handle: int) -> int:
+        buf = bytearray(ctypes.sizeof(DrmModeMapDumb))
+        DrmModeMapDumb.from_buffer(buf).handle = handle
+        be.ioctl(dev.fileno(), DRM_IOCTL_MODE_MAP_DUMB, buf)
+        return int(DrmModeMapDumb.from_buffer(buf).offset)
+
+    def mm(fd: int, length: int, offset: int, flags: int = mmap.MAP_SHARED) -> None:
+        be.mmap(fd, length, prot=rw, flags=flags, offset=offset).close()
+
+    with VgemDevice.open(be) as dev, dev.create_dumb(32, 32, 32) as bo, \
+            dev.create_dumb(16, 16, 32) as bo2, heap_buf(env, PAGE) as h:
+        out: Obs = {"dumb_bpp_zero": err(lambda: dev.create_dumb(8, 8, 0)),
+                    "dumb_overflow": err(lambda: dev.create_dumb(1 << 30, 1 << 30, 32)),
+                    "map_dumb_unknown": err(lambda: map_dumb(dev, bo.handle + 100))}
+        imported = dev.import_dmabuf(h)
+        out["map_dumb_imported"] = err(lambda: map_dumb(dev, imported))
+        dev.gem_close(imported)
+        off = map_dumb(dev, bo.handle)
+        off2 = map_dumb(dev, bo2.handle)
+        out["map_dumb_offsets_distinct"] = off != off2 and off % PAGE == 0
+        out["mmap_bad_offset"] = err(lambda: mm(dev.fileno(), PAGE, off + 64 * PAGE))
+        out["mmap_too_long"] = err(lambda: mm(dev.fileno(), 2 * PAGE, off))
+        out["mmap_private"] = err(lambda: mm(dev.fileno(), PAGE, off, mmap.MAP_PRIVATE))
+        with bo.export() as d:
+            out["prime_mmap_private"] = err(lambda: mm(d.fileno(), PAGE, 0, mmap.MAP_PRIVATE))
+        with bo2.export(rdwr=False) as ro:
+            out["rdonly_export_write_map"] = err(lambda: mm(ro.fileno(), PAGE, 0))
+        out["unknown_driver_ioctl"] = err(lambda: be.ioctl(dev.fileno(), IOWR("d", 0x43, 8),
+                                                           bytearray(8)))
+        out["driver_ioctl_without_function"] = err(lambda: be.ioctl(
+            dev.fileno(), IOWR("d", 0x40, 8), bytearray(8)))
+    return out
+
+
+@behaviour("errors.udmabuf_list_partial", needs=("udmabuf",),
+           expect={"bad_second_item": "EBADFD", "write_seal_after": "ok",
+                   "bad_second_offset": "EINVAL"},
+           source="udmabuf.c udmabuf_create(): err path unpins every folio pinned so far")
+def _udmabuf_partial(env: Env) -> Obs:
+    """A list whose second item fails pins nothing: F_SEAL_WRITE (EBUSY while pinned) works."""
+    be = env.backend
+    with Memfd.create("partial", 4 * PAGE, backend=be) as m, Udmabuf.open(be) as dev:
+        m.seal_for_udmabuf()
+
+        def raw(items: list[tuple[int, int, int]]) -> str:
+            fds: list[int] = []
+            r = err(lambda: fds.append(udmabuf_ioctl_create_list(be, dev.fileno(), items)))
+            for x in fds:
+                be.close(x)
+            return r
+
+        out = {"bad_second_item": raw([(m.fileno(), 0, PAGE), (dev.fileno(), 0, PAGE)]),
+               "bad_second_offset": raw([(m.fileno(), 0, PAGE), (m.fileno(), 1, PAGE)]),
+               "write_seal_after": err(lambda: m.add_seals(F_SEAL_WRITE))}
+    return out
+
+
+@behaviour("errors.scm_truncation", needs=("udmabuf",),
+           expect={"recv_one_of_two": "EMSGSIZE", "count_after": 1, "two_of_two": [2, 2]},
+           source="net/core/scm.c scm_detach_fds() (MSG_CTRUNC); dmabuf.uapi.scm.recv_fds")
+def _scm_truncation(env: Env) -> Obs:
+    """Two fds sent, room for one: the binding reports EMSGSIZE; no reference is left behind."""
+    from dmabuf.uapi.scm import recv_fds, send_fds
+
+    be = env.backend
+    with udmabuf_of(env) as (u, _):
+        a, b = socket.socketpair()
+        with a, b:
+            send_fds(a, [u, u], backend=be)
+            trunc = err(lambda: recv_fds(b, 1, backend=be))
+            count = u.fdinfo().count
+            send_fds(a, [u, u], backend=be)
+            _, fds = recv_fds(b, 2, backend=be)
+            both = [len(fds), u.fdinfo().count - 1]
+            for fd in fds:
+                be.close(fd)
+    return {"recv_one_of_two": trunc, "count_after": count, "two_of_two": both}
+
+
+@behaviour("llseek.keeps_pos", needs=("udmabuf",),
+           expect={"size": 16 * PAGE, "pos_after_seek_end": 0, "pos_after_seek_set": 0},
+           source="dma-buf.c dma_buf_llseek() returns base + offset without touching f_pos")
+def _llseek_pos(env: Env) -> Obs:
+    """lseek on a dma-buf reports the size but leaves the file position (fdinfo ``pos``) at 0."""
+    with udmabuf_of(env) as (u, _):
+        size = u.llseek(0, os.SEEK_END)
+        after_end = u.fdinfo().pos
+        u.llseek(0, os.SEEK_SET)
+        return {"size": size, "pos_after_seek_end": after_end,
+                "pos_after_seek_set": u.fdinfo().pos}

@@ -71,10 +71,15 @@ Deliberate differences (docs/model-vs-kernel.md, "uAPI parity"): permissions are
 re-polls every millisecond instead of sleeping on all wait queues; ``mmap`` of a memfd keeps
 its pages pinned while mapped (so ``F_SEAL_WRITE`` is ``EBUSY`` even for a read-only mapping,
 and truncation leaves the mapping on the old pages instead of ``SIGBUS``); a memfd mapping
-beyond EOF reads zeros instead of raising ``SIGBUS``; ``fcntl`` supports ``F_GETFD``,
+beyond EOF — including the part of a partial page holding EOF — is private zeros instead of
+the file's page / ``SIGBUS``; ``fcntl`` supports ``F_GETFD``,
 ``F_GETFL``, ``F_DUPFD[_CLOEXEC]``, ``F_ADD_SEALS`` and ``F_GET_SEALS`` (others ``EINVAL``);
 ``fstat`` fills only mode, inode and size; the host backing of ``ram0`` is swapped for a shared
 memfd right after the region is created (an adapter: ``PhysMemory`` has no backing hook).
+
+Adapters for rules missing below (reported to the layers' owners): the sync_file ioctls, mmap
+of a memfd, udmabuf's ``EINVAL`` for ``SYNC_END`` before any ``SYNC_START``
+(:class:`UdmabufOwnMappingOps`), and ``lseek`` not moving a dma-buf's ``f_pos``.
 
 Locking: none of its own beyond the SCM in-flight table's lock (held for dictionary updates);
 every call runs the model's functions, which take the kernel's locks. Calls may come from any
@@ -107,6 +112,7 @@ from typing import Any
 import numpy as np
 
 from dmabuf.backends.vgem import VgemDriver, VgemFileOps
+from dmabuf.buf.device import DmaDataDirection
 from dmabuf.buf.dma_buf import DmaBuf, Vma
 from dmabuf.buf.dma_buf_file import (
     DMA_BUF_IOCTL_EXPORT_SYNC_FILE,
@@ -138,7 +144,14 @@ from dmabuf.buf.file import (
 )
 from dmabuf.buf.heaps import DmaHeap, DmaHeapRegistry, system_heap_create
 from dmabuf.buf.phys_vec import PhysView
-from dmabuf.buf.udmabuf import UdmabufDevice, memfd_add_seals, memfd_create, memfd_get_seals
+from dmabuf.buf.udmabuf import (
+    Udmabuf,
+    UdmabufDevice,
+    UdmabufOps,
+    memfd_add_seals,
+    memfd_create,
+    memfd_get_seals,
+)
 from dmabuf.errors import DmaBufError
 from dmabuf.machine import Machine, current_machine
 from dmabuf.mm.memfd import MemFd, MemFdMapping, MemFdPin
@@ -161,6 +174,7 @@ __all__ = [
     "ModelBackend",
     "ModelKernel",
     "ModelMapping",
+    "UdmabufOwnMappingOps",
     "model_uapi_backend",
 ]
 
@@ -197,7 +211,7 @@ def _libc() -> ctypes.CDLL:
 
 def _address(region: mmap.mmap) -> int:
     """The start address of a host mapping (a transient buffer export)."""
-    return int(np.frombuffer(region, dtype=np.uint8).ctypes.data)  # type: ignore[call-overload]
+    return int(np.frombuffer(region, dtype=np.uint8).ctypes.data)
 
 
 def _user(arg: Any, n: int, *, what: str) -> memoryview:
@@ -274,6 +288,8 @@ class ModelKernel:
             if "system" not in m.state(DmaHeapRegistry).names():
                 system_heap_create(self.phys, region=self.ram, machine=m)
             self.udmabuf = m.state(UdmabufDevice)
+            if not isinstance(self.udmabuf.ops, UdmabufOwnMappingOps):
+                self.udmabuf.ops = UdmabufOwnMappingOps()
             self.vgem = VgemDriver(m, self.phys, self.ram)
             self.booted = True
 
@@ -288,6 +304,44 @@ class ModelKernel:
                 self._next_ino += 1
                 self._inos[f] = ino
             return ino
+
+
+class UdmabufOwnMappingOps(UdmabufOps):
+    """``udmabuf_ops`` with CPU access around the driver's own mapping (``ubuf->sg``) — adapter.
+
+    udmabuf.c keeps one sg_table of its own, created (and mapped for the misc device) by the
+    first ``begin_cpu_udmabuf()``; ``end_cpu_udmabuf()`` syncs it back and, **before any begin,
+    returns -EINVAL** (``if (!ubuf->sg) return -EINVAL``). The buffer layer's
+    :class:`~dmabuf.buf.udmabuf.UdmabufOps` syncs the importers' attachments instead (the
+    2024/2025 "udmabuf: Sync buffer mappings for attached devices" series, not known to be
+    merged) and never refuses an END. This adapter keeps those syncs and adds the kernel's
+    rule; the buffer layer's owner is asked to take it over (see the report).
+
+    Kernel: drivers/dma-buf/udmabuf.c, begin_cpu_udmabuf(), end_cpu_udmabuf().
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._own_sg: weakref.WeakSet[Udmabuf] = weakref.WeakSet()
+        self._sg_lock = threading.Lock()
+
+    def begin_cpu_access(self, dmabuf: DmaBuf, direction: DmaDataDirection) -> None:
+        """``begin_cpu_udmabuf()``: the first call creates the driver's own mapping."""
+        super().begin_cpu_access(dmabuf, direction)
+        with self._sg_lock:
+            self._own_sg.add(dmabuf.priv)
+
+    def end_cpu_access(self, dmabuf: DmaBuf, direction: DmaDataDirection) -> None:
+        """``end_cpu_udmabuf()``: ``EINVAL`` before the first begin (no ``ubuf->sg`` yet).
+
+        Raises: DmaBufError(EINVAL).
+        """
+        with self._sg_lock:
+            has_sg = dmabuf.priv in self._own_sg
+        if not has_sg:
+            raise _err(errno.EINVAL, "udmabuf end_cpu_access before any begin_cpu_access: the "
+                       "driver has no mapping of its own to sync yet (DMA_BUF_SYNC_START first)")
+        super().end_cpu_access(dmabuf, direction)
 
 
 def _share_backing(region: PhysRegion) -> int:
@@ -653,7 +707,7 @@ class ModelBackend:
 
     # -- mmap ---------------------------------------------------------------------------------
     def mmap(self, fd: int, length: int, *, prot: int, flags: int,
-             offset: int = 0) -> MappedRegion:
+             offset: int = 0) -> ModelMapping:
         """mmap(2) of a model file into this process, sharing the model's pages (zero copy).
 
         Raises: DmaBufError: EINVAL (zero length, unaligned offset, neither/both of MAP_SHARED
@@ -712,7 +766,9 @@ class ModelBackend:
         start = vma.pgoff << PAGE_SHIFT
         mapping: MemFdMapping = memfd.mmap(start, vma.length, writable=writable)
         hooks.append(mapping.munmap)
-        end = min(start + vma.length, -(-memfd.size // PAGE_SIZE) * PAGE_SIZE)
+        # memfd_pin_folios() pins whole pages inside i_size: a partial page at EOF stays
+        # unmapped (zeros; see the module docstring).
+        end = min(start + vma.length, memfd.size // PAGE_SIZE * PAGE_SIZE)
         pin: MemFdPin | None = None
         if end > start:
             try:
@@ -817,9 +873,21 @@ class ModelBackend:
 
     # -- seek, stat, fcntl --------------------------------------------------------------------
     def lseek(self, fd: int, offset: int, whence: int) -> int:
-        """lseek(2) — the file's llseek (``ESPIPE`` without one). Kernel: vfs_llseek()."""
+        """lseek(2) — the file's llseek (``ESPIPE`` without one).
+
+        The file operation decides whether ``f_pos`` moves: ``generic_file_llseek`` (memfd)
+        stores the new position, ``dma_buf_llseek`` only *returns* one (fdinfo ``pos`` stays 0).
+        Adapter: :meth:`~dmabuf.buf.file.File.llseek` always stores it, so the position of a
+        dma-buf is restored here.
+
+        Kernel: fs/read_write.c, ksys_lseek() → vfs_llseek(); dma-buf.c, dma_buf_llseek().
+        """
         with self._file(fd) as f:
-            return f.llseek(offset, whence)
+            pos = f.f_pos
+            ret = f.llseek(offset, whence)
+            if isinstance(f.fops, DmaBufFileOps):
+                f.f_pos = pos
+            return ret
 
     def fstat(self, fd: int) -> os.stat_result:
         """fstat(2): mode, inode (the dma-buf's ``ino``) and size; the rest 0.
@@ -1074,7 +1142,7 @@ class ModelBackend:
         process).
 
         Raises: TimeoutError: ``fn`` did not finish within ``timeout`` seconds (the thread is
-            left running: threads cannot be killed).
+            left running — threads cannot be killed — and is the error's ``thread``).
         Kernel: kernel/fork.c, kernel/exit.c (do_exit → exit_files).
         """
         child = self.fork_process()
@@ -1093,7 +1161,9 @@ class ModelBackend:
         t.start()
         t.join(timeout)
         if t.is_alive():
-            raise TimeoutError(f"model child {child.pid} did not finish within {timeout} s")
+            err = TimeoutError(f"model child {child.pid} did not finish within {timeout} s")
+            err.thread = t  # type: ignore[attr-defined]  # join it once the child can finish
+            raise err
         code: int = box["code"]
         return code
 

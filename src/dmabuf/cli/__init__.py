@@ -9,7 +9,10 @@ from __future__ import annotations
 import click
 
 from dmabuf.cli.bench import bench_cmd
+from dmabuf.cli.compare import compare_cmd
+from dmabuf.cli.demo import demo_cmd
 from dmabuf.cli.doctor import doctor_cmd
+from dmabuf.cli.run import run_cmd
 from dmabuf.cli.topo import topo_cmd
 
 __all__ = ["main"]
@@ -24,3 +27,6 @@ def main() -> None:
 main.add_command(bench_cmd)
 main.add_command(doctor_cmd)
 main.add_command(topo_cmd)
+main.add_command(demo_cmd)
+main.add_command(run_cmd)
+main.add_command(compare_cmd)

@@ -10,6 +10,8 @@ Kernel: drivers/base/dd.c, drivers/gpu/drm/amd/amdgpu, drivers/gpu/drm/ttm, …
 """
 
 # A plain list of re-exports; each module's owner appends only their own lines.
+from dmabuf.devices.accel import Accel as Accel
+from dmabuf.devices.accel import HabanalabsDmaBufOps as HabanalabsDmaBufOps
 from dmabuf.devices.base import Device as Device
 from dmabuf.devices.base import DeviceFenceOps as DeviceFenceOps
 from dmabuf.devices.base import Job as Job
@@ -20,5 +22,9 @@ from dmabuf.devices.gpu import GpuBo as GpuBo
 from dmabuf.devices.gpu import GpuBoMapping as GpuBoMapping
 from dmabuf.devices.gpu import GpuDmaBufOps as GpuDmaBufOps
 from dmabuf.devices.gpu import TtmPl as TtmPl
+from dmabuf.devices.iommufd import IommufdCtx as IommufdCtx
 from dmabuf.devices.platform import DEFAULT_RAM_SIZE as DEFAULT_RAM_SIZE
 from dmabuf.devices.platform import Platform as Platform
+from dmabuf.devices.vfio import VfioDeviceFeatureDmaBuf as VfioDeviceFeatureDmaBuf
+from dmabuf.devices.vfio import VfioPciDevice as VfioPciDevice
+from dmabuf.devices.vfio import VfioPciDmaBufOps as VfioPciDmaBufOps

@@ -393,6 +393,12 @@ class Accel(Device):
         npages = -(-mem_size // psize)
         total = npages * psize
         contiguous = bool(flags & HL_MEM_CONTIGUOUS)
+        region = self.dram_region
+        available = region.free_pages * PAGE_SIZE - (region.size - (self._dram_limit
+                                                                    - region.base))
+        if total > available:
+            raise DmaBufError(errno.ENOMEM, f"{self.name}: cannot allocate {npages} device "
+                              f"pages of {psize:#x} bytes (out of memory: {available:#x} free)")
         owner = self.phys.new_owner(f"{self.name} DRAM allocation")
         extents: list[np.ndarray] = []
         try:
@@ -757,7 +763,8 @@ class Accel(Device):
     def _alloc_sgt(self, priv: HlDmabufPriv, dev: DmaDevice,
                    direction: DmaDataDirection) -> SgTable:
         """``alloc_sgt_from_device_pages()`` + ``set_dma_sg()`` (see the module docstring)."""
-        max_seg = dma_get_max_seg_size(dev) // PAGE_SIZE * PAGE_SIZE
+        # dma_get_max_seg_size() is an unsigned int in the kernel: at most UINT_MAX
+        max_seg = min(dma_get_max_seg_size(dev), (1 << 32) - 1) // PAGE_SIZE * PAGE_SIZE
         if max_seg < PAGE_SIZE:
             raise DmaBufError(errno.EINVAL, f"dma_max_seg_size {dma_get_max_seg_size(dev)} can't "
                               "be smaller than PAGE_SIZE")

@@ -480,11 +480,18 @@ class VfioPciDevice(Device):
         self.machine.trace.emit("vfio_pci_command", device=self.name, value=value)
 
     def config_read_command(self) -> int:
-        """The virtual PCI_COMMAND register (``vdev->vconfig``)."""
+        """Read PCI_COMMAND from VFIO's virtual config space (``vdev->vconfig``).
+
+        Kernel: drivers/vfio/pci/vfio_pci_config.c, vfio_basic_config_read().
+        """
         return self.command
 
     def set_memory_enable(self, enable: bool) -> None:
-        """Set or clear ``PCI_COMMAND_MEMORY`` (a read-modify-write of PCI_COMMAND)."""
+        """Set or clear ``PCI_COMMAND_MEMORY``: a read-modify-write of PCI_COMMAND.
+
+        Context/Raises: as :meth:`config_write_command` (clearing revokes, setting un-revokes).
+        Kernel: drivers/vfio/pci/vfio_pci_config.c, vfio_basic_config_write().
+        """
         cmd = self.command | PCI_COMMAND_MEMORY if enable else self.command & ~PCI_COMMAND_MEMORY
         self.config_write_command(cmd)
 
@@ -569,18 +576,31 @@ class VfioPciDevice(Device):
         return r.base + offset
 
     def hw_write(self, index: int, offset: int, data: Any) -> None:
-        """The function's own logic writes its BAR memory (device side: no decode check)."""
+        """The function's own logic writes its BAR memory (device side: no decode check).
+
+        Args: index: the BAR; offset: byte offset in it; data: bytes-like or ndarray.
+        Context: never blocks; no lock (the device's internal access races like hardware).
+        Raises: DmaBufError(EINVAL): not a memory BAR, or the window leaves the BAR.
+        Kernel: none (the device's hardware).
+        """
         src = np.frombuffer(bytes(data), dtype=np.uint8) if not isinstance(data, np.ndarray) \
             else np.ascontiguousarray(data).view(np.uint8).reshape(-1)
         base = self._window(index, offset, int(src.size))
         self.phys.view(base, int(src.size))[:] = src
 
     def hw_read(self, index: int, offset: int, length: int) -> np.ndarray:
-        """The function's own logic reads its BAR memory (a copy)."""
+        """The function's own logic reads its BAR memory (device side: no decode check).
+
+        Returns: a copy of the bytes (``uint8``). Raises: DmaBufError(EINVAL) as
+        :meth:`hw_write`. Kernel: none (hardware).
+        """
         return self.phys.view(self._window(index, offset, length), length).copy()
 
     def hw_fill(self, index: int, byte: int, offset: int = 0, length: int | None = None) -> None:
-        """The function fills (part of) a BAR with ``byte``."""
+        """The function fills (part of) a BAR with ``byte`` (device side).
+
+        Raises: DmaBufError(EINVAL) as :meth:`hw_write`. Kernel: none (hardware).
+        """
         n = self.bar_region(index).size - offset if length is None else length
         self.phys.view(self._window(index, offset, n), n).fill(byte)
 

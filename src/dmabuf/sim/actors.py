@@ -50,7 +50,7 @@ from __future__ import annotations
 import errno
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -59,10 +59,9 @@ from dmabuf.buf.dma_buf import DmaBuf, DmaBufAttachment, DmaBufAttachOps
 from dmabuf.buf.phys_vec import PhysVec
 from dmabuf.buf.sg_table import SgTable
 from dmabuf.devices.base import Device, DeviceFenceOps
-from dmabuf.dma.fabric import PciP2pdmaMapType
 from dmabuf.errors import DmaBufError
-from dmabuf.mm.phys import PAGE_SIZE, MemKind
-from dmabuf.mm.ranges import as_ranges, slice_ranges
+from dmabuf.mm.phys import MemKind
+from dmabuf.mm.ranges import RANGE_DTYPE, as_ranges, slice_ranges
 from dmabuf.sync.dma_fence import DmaFence, dma_fence_begin_signalling, dma_fence_end_signalling
 from dmabuf.sync.dma_resv import DmaResvUsage
 
@@ -276,7 +275,7 @@ class VfioExport(Export):
 
     def truth_ranges(self) -> np.ndarray:
         r = self.vdev.bar_region(self.bar)
-        out = np.zeros(1, dtype=self.hr.empty_ranges_dtype)
+        out = np.zeros(1, dtype=RANGE_DTYPE)
         out["addr"] = r.base
         out["len"] = self.size
         return out
@@ -285,7 +284,7 @@ class VfioExport(Export):
         return f"bar{self.bar}"
 
     @property
-    def revoked(self) -> bool:  # type: ignore[override]
+    def revoked(self) -> bool:
         return bool(getattr(self.priv, "revoked", False))
 
     @revoked.setter
@@ -294,6 +293,43 @@ class VfioExport(Export):
 
     def write_initial(self, data: np.ndarray) -> None:
         self.vdev.hw_write(self.bar, 0, data)
+
+
+class CmbExport(Export):
+    """P2P memory from an NVMe controller's CMB — ``pci_alloc_p2pmem()``, as nvmet allocates
+    its P2P staging buffers. Not a dma-buf (the kernel has no dma-buf exporter for p2pmem):
+    importers map it with the DMA API (``dma_map_sgtable`` of P2PDMA pages), see
+    :class:`P2pmemImport`."""
+
+    kind = "p2pmem"
+
+    def __init__(self, hr: HostRun, spec: BufferSpec, nvme: Any) -> None:
+        super().__init__(hr, spec)
+        from dmabuf.pci.p2pdma import pci_alloc_p2pmem
+
+        self.nvme = nvme
+        addr = pci_alloc_p2pmem(nvme.pdev, spec.size)
+        if addr is None:
+            raise DmaBufError(errno.ENOMEM, f"{nvme.name}: the CMB pool cannot supply "
+                              f"{spec.size} bytes of p2pmem")
+        self.addr = int(addr)
+
+    def truth_ranges(self) -> np.ndarray:
+        out = np.zeros(1, dtype=RANGE_DTYPE)
+        out["addr"] = self.addr
+        out["len"] = self.size
+        return out
+
+    def location(self) -> str:
+        return "cmb"
+
+    def read_back(self, offset: int, length: int) -> np.ndarray:
+        return self.hr.phys.read(slice_ranges(self.truth_ranges(), offset, length))
+
+    def release(self) -> None:
+        from dmabuf.pci.p2pdma import pci_free_p2pmem
+
+        pci_free_p2pmem(self.nvme.pdev, self.addr, self.size)
 
 
 def make_export(hr: HostRun, spec: BufferSpec) -> Export:
@@ -311,6 +347,8 @@ def make_export(hr: HostRun, spec: BufferSpec) -> Export:
         return AccelExport(hr, spec, dev)
     if kind == "vfio":
         return VfioExport(hr, spec, dev)
+    if kind == "nvme":
+        return CmbExport(hr, spec, dev)
     factory = hr.export_factories.get(kind)
     if factory is None:
         raise KeyError(kind)
@@ -326,7 +364,7 @@ def make_export(hr: HostRun, spec: BufferSpec) -> Export:
 class Mapping:
     """One mapping an importer holds: the exporter's result and what the runner derived."""
 
-    table: SgTable | PhysVec
+    table: Any
     dma: np.ndarray
     owners: frozenset[int]
     memory: str
@@ -580,8 +618,8 @@ class MrImport(Import):
     reads its counters and charges their modelled cost.
     """
 
-    KINDS = {"pinned": "pinned", "dynamic": "dynamic", "odp": "odp",
-             "revocable": "pinned_revocable"}
+    KINDS: ClassVar[dict[str, str]] = {"pinned": "pinned", "dynamic": "dynamic",
+                                       "odp": "odp", "revocable": "pinned_revocable"}
 
     def __init__(self, hr: HostRun, spec: ImportSpec, export: Export, dev: Device) -> None:
         super().__init__(hr, spec, export, dev)
@@ -648,6 +686,37 @@ class MrImport(Import):
         self.attach = None
 
 
+class P2pmemImport(Import):
+    """A device's in-kernel DMA mapping of p2pmem — ``pci_p2pdma_map_sg()`` through
+    ``dma_map_sgtable`` (nvmet-rdma maps its P2P staging SGL for the RDMA device so). The
+    mapping is static: p2pmem never moves."""
+
+    def do_attach(self) -> None:
+        self.pinned = True
+
+    def map_initial(self) -> None:
+        from dmabuf.dma.mapping import dma_map_phys_ranges
+
+        self.dma_map: Any = dma_map_phys_ranges(self.dev.dma, self.export.truth_ranges(),
+                                           DmaDataDirection.BIDIRECTIONAL)
+        m = self.hr.describe_mapping(self, np.asarray(self.dma_map.dma))
+        self.mapping = self.first = m
+        self.valid = True
+        self.stats.maps += 1
+        self.stats.locations.append(m.location)
+        cost = self.hr.map_cost(m, remap=False)
+        self.stats.map_time += cost
+        if cost > 0:
+            self.hr.machine.sched.sleep(cost)
+
+    def detach(self) -> None:
+        from dmabuf.dma.mapping import dma_unmap_phys_ranges
+
+        if getattr(self, "dma_map", None) is not None:
+            dma_unmap_phys_ranges(self.dev.dma, self.dma_map)
+            self.dma_map = None
+
+
 def repr_bytes(rep: str, table: SgTable | PhysVec, dma: np.ndarray, iommu: bool) -> tuple[
         int, int]:
     """Bytes the importer's mapping representation costs, and the DMA ranges it maps.
@@ -703,5 +772,5 @@ def region_node_map(hr: HostRun) -> Callable[[int], tuple[str, str]]:
     return lookup
 
 
-__all__ += ["ImportStats", "Mapping", "MrImport", "VfioExport", "region_node_map",
-            "repr_bytes"]
+__all__ += ["CmbExport", "ImportStats", "Mapping", "MrImport", "P2pmemImport", "VfioExport",
+            "region_node_map", "repr_bytes"]

@@ -338,7 +338,7 @@ def _add_subtree(pf: PciFabric, d: PciDev, parent_node: str, rc: str, port: PciD
                                            protocol_efficiency=p.protocol_efficiency,
                                            latency=p.pcie_link_latency))
     if d.is_endpoint:
-        bars = [b for b in d.bars.values() if b.is_mem and b.size >= 1 << 20]
+        bars = [b for b in d.bars.values() if b.is_mem and b.size >= 4096]
         if bars:
             base = d.class_code >> 16
             if base in _HBM_CLASSES:

@@ -68,6 +68,7 @@ def _attachment(hr: HostRun, key: tuple[str, str]) -> dict[str, Any]:
         "mapped_ranges": None, "maps": 0, "remaps": 0, "invalidations": 0, "faults": 0,
         "dmas": 0, "map_time": 0.0, "remap_time": 0.0, "invalidate_time": 0.0,
         "locations": [], "peer2peer": None, "pinned": False, "revoked": False,
+        "pinned_vram_bytes": 0,
     }
     exp_name = out["exporter"]
     if exp_name != "system" and spec.device in {d.name for d in hr.host.devices}:
@@ -92,6 +93,10 @@ def _attachment(hr: HostRun, key: tuple[str, str]) -> dict[str, Any]:
                 "peer2peer": None if imp.attach is None and m is None else
                 bool(getattr(imp.attach, "peer2peer", False)) if imp.attach is not None
                 else None})
+    buf_spec = hr.host.buffer(spec.buffer)
+    pins = spec.mode in ("static", "pinned", "revocable") and imp.error is None
+    if pins and m is not None and m.location == "vram":
+        out["pinned_vram_bytes"] = buf_spec.size
     if m is not None:
         out.update({"map_type": m.map_type, "path": list(m.path_nodes), "iommu": m.iommu,
                     "location": m.location, "mapping_bytes": m.repr_bytes,
@@ -99,7 +104,7 @@ def _attachment(hr: HostRun, key: tuple[str, str]) -> dict[str, Any]:
     return out
 
 
-def _stream(hr: HostRun, name: str) -> dict[str, Any]:
+def _stream(hr: HostRun, name: str, t0: float) -> dict[str, Any]:
     s = hr.streams[name]
     st = s.spec
     span = (s.last - s.first) if s.transfers else 0.0
@@ -109,15 +114,17 @@ def _stream(hr: HostRun, name: str) -> dict[str, Any]:
         "concurrency": st.concurrency, "status": s.status, "stopped": s.stopped,
         "transfers": s.transfers, "bytes": s.bytes, "bytes_verified": s.verified,
         "crc32": s.checksum.hex if s.checksum.transfers else None,
-        "start": s.first if s.transfers else None, "end": s.last if s.transfers else None,
+        "start": s.first - t0 if s.transfers else None,
+        "end": s.last - t0 if s.transfers else None,
         "throughput": (s.bytes / span) if span > 0 else 0.0,
         "mean_transfer_rate": (s.rate_sum / s.transfers) if s.transfers else 0.0,
         "errors": list(s.errors[:20]), "error_count": len(s.errors),
-        "flows": [[a, b] for a, b in sorted(s.flows)],
+        "flows": [[a - t0, b - t0] for a, b in sorted(s.flows)],
     }
 
 
-def _links(hr: HostRun, modelled: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def _links(hr: HostRun, modelled: float, t0: float
+           ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     tl = hr.clock.timeline()
     rows: list[dict[str, Any]] = []
     if tl.times.size == 0:
@@ -142,7 +149,7 @@ def _links(hr: HostRun, modelled: float) -> tuple[list[dict[str, Any]], dict[str
         c = tl._chan(r["link"], None if r["direction"] == "shared" else r["direction"])
         series[f"{r['link']}:{r['direction']}"] = [float(x) for x in tl.load[:, c] /
                                                    tl.capacity[c]]
-    return rows, {"times": [float(t) for t in tl.times], "links": series}
+    return rows, {"times": [float(t) - t0 for t in tl.times], "links": series}
 
 
 def host_section(hr: HostRun, modelled: float, wall: float) -> dict[str, Any]:
@@ -158,6 +165,8 @@ def host_section(hr: HostRun, modelled: float, wall: float) -> dict[str, Any]:
     Kernel: none.
     """
     host = hr.host
+    t0 = hr.t0
+    modelled = modelled - t0
     devices = []
     for d in host.devices:
         drv = hr.devices.get(d.name)
@@ -179,10 +188,12 @@ def host_section(hr: HostRun, modelled: float, wall: float) -> dict[str, Any]:
             "status": "ok" if status == "ok" else status.split(":", 1)[0],
             "detail": "" if status == "ok" else status})
     attachments = [_attachment(hr, i.key) for i in host.imports]
-    streams = [_stream(hr, s.name) for s in host.streams]
-    links, timeline = _links(hr, modelled)
+    streams = [_stream(hr, s.name, t0) for s in host.streams]
+    links, timeline = _links(hr, modelled, t0)
     faults = [{"device": f.device, "op": f.op, "dma_addr": f.dma_addr, "message": f.message,
-               "time": f.time} for f in hr.machine.state(DmaFaultLog).records]
+               "time": f.time - t0} for f in hr.machine.state(DmaFaultLog).records]
+    moves = [dict(mv, start=mv["start"] - t0, end=mv["end"] - t0) for mv in hr.moves]
+    events = [dict(e, time=e["time"] - t0) for e in hr.events]
     failures = list(hr.failures)
     for f in faults:
         failures.append(f"DMA fault on {f['device']} ({f['op']}): {f['message']}")
@@ -196,16 +207,22 @@ def host_section(hr: HostRun, modelled: float, wall: float) -> dict[str, Any]:
                      "cpu": topo.cpu.describe(), "iommu": host.topology.iommu,
                      "ram": host.topology.ram,
                      "host_bridges": [{"name": h.name, "label": h.label,
-                                       "root": (h.root_dev().bdf if h.root_dev() else None)}
+                                       "root": (r.bdf if (r := h.root_dev()) is not None else None)}
                                       for h in topo.host_bridges]},
         "timing": host.timing.as_dict(),
+        "fabric": {"nodes": [{"name": n.name, "kind": n.kind.value}
+                             for n in hr.pf.fabric.nodes.values()],
+                   "links": [{"name": lk.name, "a": lk.a, "b": lk.b,
+                              "bandwidth": lk.spec.bandwidth, "duplex": lk.spec.duplex,
+                              "description": lk.spec.description}
+                             for lk in hr.pf.fabric.links.values()]},
         "ok": not failures,
         "failures": failures, "missing": missing, "notes": list(hr.notes),
         "modelled_time": modelled, "wall_time": wall,
         "bytes_moved": bytes_moved, "bytes_verified": verified,
         "devices": devices, "buffers": buffers, "attachments": attachments,
-        "streams": streams, "links": links, "moves": list(hr.moves),
-        "events": list(hr.events), "faults": faults,
+        "streams": streams, "links": links, "moves": moves,
+        "events": events, "faults": faults, "setup_time": t0,
         "warnings": [f"{r}: {m}" for r, m in hr.machine.warnings],
         "timeline": timeline,
     }
@@ -274,9 +291,9 @@ def load_schema() -> dict[str, Any]:
     for parent in here.parents:
         cand = parent / "docs" / "report-schema.json"
         if cand.is_file() and (parent / "pyproject.toml").is_file():
-            return json.loads(cand.read_text(encoding="utf-8"))  # type: ignore[no-any-return]
+            return json.loads(cand.read_text(encoding="utf-8"))
     ref = resources.files("dmabuf").joinpath("data", "report-schema.json")
-    return json.loads(ref.read_text(encoding="utf-8"))  # type: ignore[no-any-return]
+    return json.loads(ref.read_text(encoding="utf-8"))
 
 
 _TYPES: dict[str, tuple[type, ...]] = {
@@ -458,7 +475,7 @@ def render(report: Mapping[str, Any], console: Console, *, flows: bool = False) 
                       f"{fmt_bytes(mv['bytes'])} in {fmt_time(mv['end'] - mv['start'])}")
                      for mv in h["moves"]]
             for tm, what, outcome, detail in sorted(rows, key=lambda r: r[0]):
-                t.add_row(fmt_time(tm), what, st(outcome), detail)
+                t.add_row("setup" if tm < 0 else fmt_time(tm), what, st(outcome), detail)
             console.print(t)
         t = Table(title="busiest links (modelled)", title_justify="left")
         for col in ("link", "dir", "capacity", "bytes", "mean util", "peak util"):

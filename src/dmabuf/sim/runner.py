@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import errno
 import importlib
+import itertools
 import math
 import time
 from collections.abc import Callable
@@ -55,18 +56,20 @@ from typing import Any
 import numpy as np
 
 from dmabuf.buf.dma_engine import DmaFaultLog
-from dmabuf.buf.phys_vec import PhysVec
 from dmabuf.buf.sg_table import SgTable
 from dmabuf.devices.base import Device
 from dmabuf.devices.platform import Platform
 from dmabuf.errors import DeadlockDetected, DmaBufError, IommuFault, errno_name
 from dmabuf.machine import Machine
-from dmabuf.mm.phys import PAGE_SIZE
+from dmabuf.mm.ranges import slice_ranges
 from dmabuf.sched import ControlledScheduler
 from dmabuf.sim.actors import (
+    CmbExport,
     Export,
     Import,
     Mapping,
+    MrImport,
+    P2pmemImport,
     make_export,
     region_node_map,
     repr_bytes,
@@ -178,6 +181,11 @@ class HostRun:
         self._heap: Any = None
         self._pressure: list[Any] = []
         self._lookup: Callable[[int], tuple[str, str]] | None = None
+        self._pds: dict[str, Any] = {}
+        self._qps: dict[str, tuple[Any, Any, Any, Any]] = {}
+        self.t0 = 0.0
+        self.event_handlers: dict[str, Callable[[HostRun, EventSpec], str]] = {
+            "reset": _vfio_reset, "revoke": _vfio_revoke, "unrevoke": _vfio_unrevoke}
 
     # ------------------------------------------------------------------ helpers for actors
     def system_heap(self) -> Any:
@@ -188,11 +196,14 @@ class HostRun:
             self._heap = system_heap_create(self.phys, machine=self.machine)
         return self._heap
 
-    def describe_mapping(self, imp: Import, table: SgTable | PhysVec) -> Mapping:
+    def describe_mapping(self, imp: Import, table: Any) -> Mapping:
         """Derive everything the runner needs from an importer's map result."""
         if isinstance(table, SgTable):
             dma = np.asarray(table.dma_ranges())
             entries = int(table.nents)
+        elif isinstance(table, np.ndarray):
+            dma = table
+            entries = int(table.size)
         else:
             dma = np.asarray(table.ranges)
             entries = int(table.nr_ranges)
@@ -201,7 +212,7 @@ class HostRun:
         owners = frozenset(int(o) for o in np.unique(self.phys.owners_of(phys_r)))
         if self._lookup is None:
             self._lookup = region_node_map(self)
-        mem, label = self._lookup(int(phys_r["addr"][0]))
+        mem, _label = self._lookup(int(phys_r["addr"][0]))
         devnode = self.pf.node(dev.bdf)
         exp_dev = self.host.device(imp.export.spec.exporter) if \
             imp.export.spec.exporter != "system" else None
@@ -239,7 +250,7 @@ class HostRun:
     def _nodes_to_hops(self, nodes: list[str]) -> tuple[Hop, ...]:
         f = self.pf.fabric
         hops: list[Hop] = []
-        for a, b in zip(nodes, nodes[1:], strict=False):
+        for a, b in itertools.pairwise(nodes):
             for lk in f.links.values():
                 if lk.a == a and lk.b == b:
                     hops.append((lk.name, Direction.DOWN))
@@ -260,6 +271,49 @@ class HostRun:
             cost += self.params.remap_cost(m.ranges)
         return float(cost)
 
+    # ------------------------------------------------------------------ RDMA plumbing
+    def nic_pd(self, nic: Any) -> Any:
+        """The protection domain the runner uses on ``nic`` (allocated once)."""
+        pd = self._pds.get(nic.name)
+        if pd is None:
+            pd = nic.alloc_pd()
+            self._pds[nic.name] = pd
+        return pd
+
+    def qp_pair(self, key: str, a: Any, b: Any) -> tuple[Any, Any, Any, Any]:
+        """A connected RC QP pair ``a`` <-> ``b`` for one stream worker: (qp_a, cq_a, qp_b,
+        cq_b), created and moved to RTS on first use (ibv_create_qp + ibv_modify_qp)."""
+        got = self._qps.get(key)
+        if got is not None:
+            return got
+        from dmabuf.devices.rdma.ib_verbs import IbAccess, IbQpAttrMask, IbQpState
+        from dmabuf.devices.rdma.qp import IbAhAttr, IbQpAttr, IbQpCap, IbQpInitAttr
+
+        M = IbQpAttrMask
+        made = []
+        for nic in (a, b):
+            cq = nic.create_cq(64)
+            qp = nic.create_qp(self.nic_pd(nic), IbQpInitAttr(
+                send_cq=cq, recv_cq=cq, cap=IbQpCap(max_send_wr=8, max_recv_wr=8)))
+            made.append((nic, qp, cq))
+        access = int(IbAccess.LOCAL_WRITE | IbAccess.REMOTE_WRITE | IbAccess.REMOTE_READ)
+        for (_nic, qp, _cq), (peer, pqp, _pcq) in ((made[0], made[1]), (made[1], made[0])):
+            qp.modify(IbQpAttr(qp_state=IbQpState.INIT, pkey_index=0, port_num=1,
+                               qp_access_flags=access),
+                      M.STATE | M.PKEY_INDEX | M.PORT | M.ACCESS_FLAGS)
+            qp.modify(IbQpAttr(qp_state=IbQpState.RTR, path_mtu=5, dest_qp_num=pqp.qp_num,
+                               rq_psn=0, max_dest_rd_atomic=1, min_rnr_timer=12,
+                               ah_attr=IbAhAttr(dlid=peer.ports[1].lid, port_num=1)),
+                      M.STATE | M.AV | M.PATH_MTU | M.DEST_QPN | M.RQ_PSN
+                      | M.MAX_DEST_RD_ATOMIC | M.MIN_RNR_TIMER)
+            qp.modify(IbQpAttr(qp_state=IbQpState.RTS, timeout=14, retry_cnt=7, rnr_retry=7,
+                               sq_psn=0, max_rd_atomic=1),
+                      M.STATE | M.TIMEOUT | M.RETRY_CNT | M.RNR_RETRY | M.SQ_PSN
+                      | M.MAX_QP_RD_ATOMIC)
+        res = (made[0][1], made[0][2], made[1][1], made[1][2])
+        self._qps[key] = res
+        return res
+
     # ------------------------------------------------------------------ the run
     def run(self) -> dict[str, Any]:
         """Build, run and tear down the host; return its report section."""
@@ -278,9 +332,9 @@ class HostRun:
         self.pf: PciFabric = fabric_from_topology(self.topo, self.params, nic_gbps=nic_rates)
         self.clock: FabricClock = fabric_clock(m, self.pf.fabric)
         unsubscribe = m.trace.subscribe(self._on_trace)
-        self._bytes_lock = m.sched.lock("scenario.bytes")
         try:
             self._setup()
+            self.t0 = m.sched.now()
             tasks = []
             for st in host.streams:
                 state = self.streams[st.name]
@@ -288,13 +342,16 @@ class HostRun:
                     continue
                 for k in range(st.concurrency):
                     tasks.append(m.sched.spawn(self._worker, st, k, name=f"{st.name}.{k}"))
-            if host.events:
-                tasks.append(m.sched.spawn(self._events, name="events"))
+            for ev in host.events:
+                tasks.append(m.sched.spawn(self._event, ev, name=f"event{ev.index}"))
             for t in tasks:
                 t.join()
             for t in tasks:
                 t.result()
             modelled = m.sched.now()
+            for imp in self.imports.values():
+                if isinstance(imp, MrImport) and imp.mr is not None:
+                    imp.sync_stats()
             self._final_checks()
         finally:
             unsubscribe()
@@ -337,12 +394,18 @@ class HostRun:
                 self.import_status[key] = ("missing", f"device {i.device}: "
                                            f"{self.missing.get(i.device)}")
                 continue
-            if i.mode not in _GENERIC_MODES:
-                self.import_status[key] = ("missing", f"mode {i.mode} needs the "
-                                           f"{host.device(i.device).kind} driver's own support, "
-                                           "which is not available")
+            kind = host.device(i.device).kind
+            imp_cls: type[Import] = Import
+            if isinstance(self.exports[i.buffer], CmbExport):
+                imp_cls = P2pmemImport
+            elif kind == "nic":
+                imp_cls = MrImport
+            elif i.mode not in _GENERIC_MODES:
+                self.import_status[key] = ("missing", f"mode {i.mode} needs the {kind} "
+                                           "driver's own support (HMM mirror: mm/hmm), which "
+                                           "is not available")
                 continue
-            imp = Import(self, i, self.exports[i.buffer], self.devices[i.device])
+            imp = imp_cls(self, i, self.exports[i.buffer], self.devices[i.device])
             try:
                 imp.do_attach()
                 imp.map_initial()
@@ -379,8 +442,8 @@ class HostRun:
     def _worker(self, st: StreamSpec, k: int) -> None:
         sched = self.machine.sched
         now = sched.now()
-        if st.start > now:
-            sched.sleep(st.start - now)
+        if self.t0 + st.start > now:
+            sched.sleep(self.t0 + st.start - now)
         state = self.streams[st.name]
         for i in range(k, st.count, st.concurrency):
             if state.stopped:
@@ -423,6 +486,12 @@ class HostRun:
         st = state.spec
         m = self.machine
         imp = self.imports[(st.buffer, st.device)]
+        if isinstance(imp, P2pmemImport):
+            self._transfer_p2pmem(state, i, imp)
+            return
+        if isinstance(imp, MrImport):
+            self._transfer_rdma(state, i, imp)
+            return
         peer = self.imports[(st.peer_buffer, st.peer)] if st.peer and st.peer_buffer else None
         here_writes = st.direction == "write"
         # Begin in a canonical order (by buffer name) so two transfers over the same pair of
@@ -460,8 +529,7 @@ class HostRun:
             path, kind, iommu = self._flow_path(st, mm, pm, imp, peer)
             res = self.clock.transfer(FlowSpec(f"{st.name}#{i}", path, st.size, kind=kind,
                                                iommu=iommu))
-            with self._bytes_lock:
-                err = self._move_bytes(state, i, imp, mm, truth_here, peer, pm, truth_peer)
+            err = self._move_bytes(state, i, imp, mm, truth_here, peer, pm, truth_peer)
             state.transfers += 1
             state.bytes += st.size
             state.first = min(state.first, res.start)
@@ -474,6 +542,146 @@ class HostRun:
         self.done_bytes += st.size
         if self.progress is not None:
             self.progress(self.host.name, self.done_bytes, self.total_bytes)
+
+    def _transfer_rdma(self, state: _StreamState, i: int, imp: MrImport) -> None:
+        """One RDMA WRITE (``read`` stream: the device's buffer goes to the peer's) or RDMA
+        READ (``write`` stream: the peer's buffer comes into the device's), executed by the
+        HCA through the two MRs; then the modelled time of the flow and of any page faults."""
+        from dmabuf.devices.rdma.ib_verbs import IbSendFlags, IbWcStatus, IbWrOpcode, wc_status_str
+        from dmabuf.devices.rdma.qp import IbSendWr, IbSge
+
+        st = state.spec
+        sched = self.machine.sched
+        assert st.peer is not None and st.peer_buffer is not None
+        peer = self.imports[(st.peer_buffer, st.peer)]
+        assert isinstance(peer, MrImport)
+        off = self._offset(st.buffer, st.size, i)
+        poff = self._offset(st.peer_buffer, st.size, i)
+        k = i % st.concurrency
+        qp, cq, _pqp, _pcq = self.qp_pair(f"{st.name}.{k}", imp.dev, peer.dev)
+        t_start = sched.now()
+        if st.direction == "read":
+            wr = IbSendWr(wr_id=i, opcode=IbWrOpcode.RDMA_WRITE, send_flags=IbSendFlags.SIGNALED,
+                          sg_list=[IbSge(imp.mr.iova + off, st.size, imp.mr.lkey)],
+                          remote_addr=peer.mr.iova + poff, rkey=peer.mr.rkey)
+            src, soff, dst, doff = st.buffer, off, st.peer_buffer, poff
+        else:
+            wr = IbSendWr(wr_id=i, opcode=IbWrOpcode.RDMA_READ, send_flags=IbSendFlags.SIGNALED,
+                          sg_list=[IbSge(imp.mr.iova + off, st.size, imp.mr.lkey)],
+                          remote_addr=peer.mr.iova + poff, rkey=peer.mr.rkey)
+            src, soff, dst, doff = st.peer_buffer, poff, st.buffer, off
+        if imp.revoked or peer.revoked:
+            state.stopped = f"stopped at {self._us(t_start)}: MR revoked"
+            if state.status == "ok":
+                state.status = "revoked"
+            return
+        try:
+            qp.post_send([wr])
+            wcs = cq.poll(1)
+        except DmaBufError as e:
+            wcs = []
+            state.errors.append(f"#{i}: post_send: {e}")
+        fault_time = imp.sync_stats() + peer.sync_stats()
+        if not wcs or wcs[0].status != IbWcStatus.SUCCESS:
+            status = wc_status_str(wcs[0].status) if wcs else "no completion"
+            if imp.revoked or peer.revoked:
+                state.stopped = f"stopped at {self._us(t_start)}: MR revoked ({status})"
+                if state.status == "ok":
+                    state.status = "revoked"
+                return
+            self._bad(state, i, f"RDMA {wr.opcode!r} completed with {status}")
+            state.stopped = "error"
+            return
+        imp.refresh()
+        peer.refresh()
+        if fault_time > 0:
+            sched.sleep(fault_time)
+        m, pm = imp.mapping, peer.mapping
+        assert m is not None and pm is not None
+        path, kind, iommu = self._flow_path(st, m, pm, imp, peer)
+        res = self.clock.transfer(FlowSpec(f"{st.name}#{i}", path, st.size, kind=kind,
+                                           iommu=iommu))
+        data = self.exports[dst].read_back(doff, st.size)
+        bad = self.truths[src].check(soff, data)
+        if bad:
+            self._bad(state, i, f"RDMA into {dst!r} at {doff:#x}: {bad}")
+            return
+        self.truths[dst].update(doff, data)
+        state.checksum.add(i, data)
+        state.verified += st.size
+        state.transfers += 1
+        state.bytes += st.size
+        state.first = min(state.first, t_start)
+        state.last = max(state.last, res.end)
+        state.flows.append((t_start, res.end))
+        state.rate_sum += res.transfer_rate
+        self.done_bytes += st.size
+        if self.progress is not None:
+            self.progress(self.host.name, self.done_bytes, self.total_bytes)
+
+    def _transfer_p2pmem(self, state: _StreamState, i: int, imp: P2pmemImport) -> None:
+        """nvmet-rdma's P2P write: the host's data (the peer's buffer, read by the peer NIC
+        through its MR's translation) lands in the target's p2pmem staging buffer (written by
+        the local NIC through its DMA-API mapping of the CMB — BUS_ADDR through a switch), then
+        the NVMe controller writes the staging buffer to its namespace (``submit_bio`` of the
+        P2P pages). Verified: the CMB read back, then the namespace."""
+        st = state.spec
+        sched = self.machine.sched
+        assert st.peer is not None and st.peer_buffer is not None
+        peer = self.imports[(st.peer_buffer, st.peer)]
+        assert isinstance(peer, MrImport)
+        off = self._offset(st.buffer, st.size, i)
+        poff = self._offset(st.peer_buffer, st.size, i)
+        t_start = sched.now()
+        peer.refresh()
+        m, pm = imp.mapping, peer.mapping
+        if m is None or pm is None:
+            self._bad(state, i, "a mapping is missing")
+            state.stopped = "error"
+            return
+        path, kind, iommu = self._flow_path(st, m, pm, imp, peer)
+        res = self.clock.transfer(FlowSpec(f"{st.name}#{i}", path, st.size, kind=kind,
+                                           iommu=iommu))
+        exp = self.exports[st.buffer]
+        assert isinstance(exp, CmbExport)
+        try:
+            pdma, owners = peer.mr.umem_dma()
+            data = peer.dev.engine.read(slice_ranges(pdma, poff, st.size), owner=owners)
+            imp.dev.engine.write(slice_ranges(m.dma, off, st.size), data, owner=None)
+            back = exp.read_back(off, st.size)
+            bad = self.truths[st.peer_buffer].check(poff, back)
+            if bad:
+                self._bad(state, i, f"into the CMB at {off:#x}: {bad}")
+                return
+            self.truths[st.buffer].update(off, back)
+            disk = exp.nvme.disk
+            lba = (i * st.size) % max(st.size, disk.capacity - disk.capacity % st.size)
+            disk.submit_bio(True, lba, slice_ranges(exp.truth_ranges(), off, st.size))
+            stored = disk.media.read(lba, st.size)
+            if not np.array_equal(page_digests(stored), page_digests(back)):
+                self._bad(state, i, f"namespace of {exp.nvme.name} at {lba:#x} differs from "
+                          "the CMB it was written from")
+                return
+        except IommuFault as e:
+            self._bad(state, i, f"DMA fault: {e}")
+            return
+        except DmaBufError as e:
+            self._bad(state, i, f"nvmet P2P write failed: {e}")
+            return
+        state.checksum.add(i, back)
+        state.verified += st.size
+        state.transfers += 1
+        state.bytes += st.size
+        state.first = min(state.first, t_start)
+        state.last = max(state.last, res.end)
+        state.flows.append((t_start, res.end))
+        state.rate_sum += res.transfer_rate
+        self.done_bytes += st.size
+        if self.progress is not None:
+            self.progress(self.host.name, self.done_bytes, self.total_bytes)
+
+    def _us(self, t: float) -> str:
+        return f"{(t - self.t0) * 1e6:.1f} us"
 
     def _offset(self, buffer: str, size: int, i: int) -> int:
         slots = max(1, self.host.buffer(buffer).size // size)
@@ -523,8 +731,6 @@ class HostRun:
 
     def _check_written(self, state: _StreamState, i: int, buffer: str, truth: np.ndarray,
                        off: int, data: np.ndarray) -> int:
-        from dmabuf.mm.ranges import slice_ranges
-
         back = self.phys.read(slice_ranges(truth, off, int(data.size)))
         if not np.array_equal(page_digests(back), page_digests(data)):
             return self._bad(state, i, f"bytes written into {buffer!r} at {off:#x} do not read "
@@ -548,28 +754,29 @@ class HostRun:
         return (base.view(np.uint64) ^ np.uint64(i + 1)).view(np.uint8)
 
     # ------------------------------------------------------------------ events
-    def _events(self) -> None:
+    def _event(self, ev: EventSpec) -> None:
+        """One event, in its own thread: sleep until its time, act, record the outcome."""
         sched = self.machine.sched
-        for ev in self.host.events:
-            now = sched.now()
-            if ev.at > now:
-                sched.sleep(ev.at - now)
-            t0 = sched.now()
-            rec: dict[str, Any] = {"at": ev.at, "time": t0, "action": ev.action,
-                                   "target": ev.device or ev.buffer or ev.port or "",
-                                   "label": ev.label, "note": ev.note, "line": ev.line}
-            try:
-                rec["outcome"] = "ok"
-                rec["detail"] = self._do_event(ev)
-            except _Missing as e:
-                rec["outcome"] = "missing"
-                rec["detail"] = str(e)
-            except DmaBufError as e:
-                rec["outcome"] = "error"
-                rec["detail"] = str(e)
-                self.failures.append(f"event {ev.label} at {ev.at * 1e6:g} us: {e}")
-            rec["duration"] = sched.now() - t0
-            self.events.append(rec)
+        now = sched.now()
+        if self.t0 + ev.at > now:
+            sched.sleep(self.t0 + ev.at - now)
+        t0 = sched.now()
+        rec: dict[str, Any] = {"at": ev.at, "time": t0, "action": ev.action,
+                               "target": ev.device or ev.buffer or ev.port or "",
+                               "label": ev.label, "note": ev.note, "line": ev.line}
+        try:
+            rec["outcome"] = "ok"
+            rec["detail"] = self._do_event(ev)
+        except _Missing as e:
+            rec["outcome"] = "missing"
+            rec["detail"] = str(e)
+        except DmaBufError as e:
+            rec["outcome"] = "error"
+            rec["detail"] = str(e)
+            self.failures.append(f"event {ev.label} at {ev.at * 1e6:g} us: {e}")
+        rec["duration"] = sched.now() - t0
+        self.events.append(rec)
+        self.events.sort(key=lambda r: (r["time"], r["line"]))
 
     def _do_event(self, ev: EventSpec) -> str:
         if ev.action == "acs":
@@ -581,7 +788,7 @@ class HostRun:
                     "already cached per (provider, client) are kept (kernel xarray cache)")
         if ev.action == "pressure":
             assert ev.device is not None and ev.bytes is not None
-            gpu = self.devices.get(ev.device)
+            gpu: Any = self.devices.get(ev.device)
             if gpu is None:
                 raise _Missing(f"{ev.device}: {self.missing.get(ev.device)}")
             from dmabuf.devices.gpu import AmdgpuDomain
@@ -597,7 +804,7 @@ class HostRun:
             if exp is None:
                 raise _Missing(f"buffer {ev.buffer}: {self.buffer_status.get(ev.buffer)}")
             return exp.evict() if ev.action == "evict" else exp.restore()
-        handler = self.event_handlers.get(ev.action) if hasattr(self, "event_handlers") else None
+        handler = self.event_handlers.get(ev.action)
         if handler is None:
             raise _Missing(f"{ev.action}: the vfio-pci driver this needs is not available")
         return str(handler(self, ev))
@@ -607,7 +814,7 @@ class HostRun:
         if ev.name != "ttm_bo_move":
             return
         f = ev.fields
-        gpu = self.devices.get(str(f.get("device")))
+        gpu: Any = self.devices.get(str(f.get("device")))
         if gpu is None:
             return
         size = None
@@ -691,6 +898,54 @@ class HostRun:
 
 class _Missing(Exception):
     """An element needs a driver this installation lacks."""
+
+
+def _vfio_of(hr: HostRun, ev: EventSpec) -> tuple[Any, list[Export]]:
+    if ev.device is not None:
+        name = ev.device
+    else:
+        assert ev.buffer is not None
+        name = hr.host.buffer(ev.buffer).exporter
+    vdev = hr.devices.get(name)
+    if vdev is None:
+        raise _Missing(f"{name}: {hr.missing.get(name, 'not bound')}")
+    exps = [e for e in hr.exports.values() if getattr(e, "vdev", None) is vdev]
+    return vdev, exps
+
+
+def _after_reset(hr: HostRun, vdev: Any, exps: list[Export]) -> str:
+    cleared = []
+    for e in exps:
+        if getattr(e, "bar", None) in vdev.reset_clears:
+            hr.truths[e.name] = BufferTruth(e.name, np.zeros(e.size, np.uint8))
+            cleared.append(e.name)
+    return f"; BAR contents reset ({', '.join(cleared)})" if cleared else ""
+
+
+def _vfio_reset(hr: HostRun, ev: EventSpec) -> str:
+    """``VFIO_DEVICE_RESET``: revoke every dma-buf of the device, reset, un-revoke."""
+    vdev, exps = _vfio_of(hr, ev)
+    vdev.reset()
+    revoked = [imp.name for imp in hr.imports.values() if imp.export in exps and (
+        imp.revoked or bool(getattr(getattr(getattr(imp, "mr", None), "umem", None), "revoked",
+                                    False)))]
+    return (f"{vdev.name} reset: its dma-bufs were revoked (importers invalidated, fences "
+            f"waited) and un-revoked; revocable importers stopped: "
+            f"{', '.join(revoked) or 'none'}{_after_reset(hr, vdev, exps)}")
+
+
+def _vfio_revoke(hr: HostRun, ev: EventSpec) -> str:
+    """Memory decode off (``PCI_COMMAND``): revoke the device's dma-bufs."""
+    vdev, _exps = _vfio_of(hr, ev)
+    vdev.set_memory_enable(False)
+    return f"{vdev.name}: memory decode disabled; its dma-bufs are revoked"
+
+
+def _vfio_unrevoke(hr: HostRun, ev: EventSpec) -> str:
+    """Memory decode on again: un-revoke (importers map again when they choose to)."""
+    vdev, _exps = _vfio_of(hr, ev)
+    vdev.set_memory_enable(True)
+    return f"{vdev.name}: memory decode enabled; its dma-bufs are usable again"
 
 
 def run_scenario(scenario: Scenario, *, seed: int | None = None,

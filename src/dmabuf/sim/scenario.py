@@ -184,7 +184,7 @@ class ScenarioError(DmaBufError):
         super().__init__(errno.EINVAL, f"{path}:{self.line}: {message}")
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.path, self.line, self.strerror.split(": ", 1)[-1]))
+        return (type(self), (self.path, self.line, (self.strerror or "").split(": ", 1)[-1]))
 
 
 def parse_duration(value: Any, what: str) -> float:
@@ -510,8 +510,8 @@ class _Table:
     def has(self, key: str) -> bool:
         return key in self.data
 
-    def str(self, key: str, default: str | None = None, *, choices: Iterable[str] | None = None,
-            name: bool = False) -> str:
+    def text(self, key: str, default: str | None = None, *,
+             choices: Iterable[str] | None = None, name: bool = False) -> str:
         if key not in self.data:
             if default is None:
                 raise self.fail(None, f"missing {key} = \"…\"")
@@ -527,11 +527,11 @@ class _Table:
                 raise self.fail(key, f"{key} = {v!r} is not one of: {', '.join(ch)}")
         return v
 
-    def opt_str(self, key: str) -> str | None:
-        return self.str(key) if key in self.data else None
+    def opt_text(self, key: str) -> str | None:
+        return self.text(key) if key in self.data else None
 
-    def int(self, key: str, default: int | None = None, *, lo: int = 0,
-            hi: int = (1 << 63) - 1) -> int:
+    def integer(self, key: str, default: int | None = None, *, lo: int = 0,
+                hi: int = (1 << 63) - 1) -> int:
         if key not in self.data:
             if default is None:
                 raise self.fail(None, f"missing {key} = <integer>")
@@ -570,7 +570,7 @@ class _Table:
         except ValueError as e:
             raise self.fail(key, str(e)) from None
 
-    def bool(self, key: str, default: bool) -> bool:
+    def flag(self, key: str, default: bool) -> bool:
         if key not in self.data:
             return default
         v = self.data[key]
@@ -623,14 +623,14 @@ def _topology(ctx: _Ctx, where: _Where, host: Mapping[str, Any], host_line: int 
     t.check(_TOPO_KEYS)
     if t.has("source") and t.has("inline"):
         raise t.fail("inline", "give source or inline, not both")
-    iommu = t.str("iommu", "lazy", choices=_IOMMU_MODES)
+    iommu = t.text("iommu", "lazy", choices=_IOMMU_MODES)
     ram = t.size("ram", _DEFAULT_RAM)
     if ram % PAGE_SIZE:
         raise t.fail("ram", f"ram = {ram} must be a multiple of the page size ({PAGE_SIZE})")
     inline: str | None = None
     path: str | None = None
     if t.has("inline"):
-        inline = t.str("inline")
+        inline = t.text("inline")
         src_line = t.kl("inline") or 1
         source = f"{ctx.path}[topology.inline]"
         try:
@@ -645,7 +645,7 @@ def _topology(ctx: _Ctx, where: _Where, host: Mapping[str, Any], host_line: int 
                                ) from None
             raise ctx.fail(src_line, f"inline topology: {msg}") from None
     else:
-        source = t.str("source", "default")
+        source = t.text("source", "default")
         try:
             if source == "default":
                 topo = _default_topology()
@@ -685,7 +685,7 @@ def _topology(ctx: _Ctx, where: _Where, host: Mapping[str, Any], host_line: int 
         for a in raw_acs:
             at = _Table(ctx, where, a, t.kl("acs"), "[topology] acs")
             at.check({"port", "ctrl"})
-            port = at.str("port")
+            port = at.text("port")
             acs.append((port, _acs_ctrl(at, topo, port, "ctrl")))
     spec = TopologySpec(source, path, inline, iommu, ram, tuple(acs), line or 1)
     return spec, topo
@@ -751,15 +751,15 @@ def _devices(ctx: _Ctx, where: _Where, host: Mapping[str, Any], host_line: int |
     bound: dict[str, str] = {}
     for t in _tables(ctx, where, host, "device", host_line, "[[device]]"):
         t.check(_DEVICE_KEYS)
-        name = t.str("name", name=True)
+        name = t.text("name", name=True)
         t.what = f"device {name!r}"
         if name in seen or name == "system":
             raise t.fail("name", f"duplicate device name {name!r} (first at line "
                          f"{seen.get(name)}); names must be unique and not 'system'")
         seen[name] = t.line
-        kind = t.str("kind", choices=KINDS)
+        kind = t.text("kind", choices=KINDS)
         info = KINDS[kind]
-        endpoint = t.str("endpoint", name)
+        endpoint = t.text("endpoint", name)
         try:
             pdev = topo.device(endpoint)
         except DmaBufError as e:
@@ -794,14 +794,14 @@ def _devices(ctx: _Ctx, where: _Where, host: Mapping[str, Any], host_line: int |
         if t.has("hbm"):
             params["hbm"] = t.size("hbm")
         if t.has("odp"):
-            params["odp"] = t.bool("odp", True)
+            params["odp"] = t.flag("odp", True)
         if t.has("gbps"):
             g = t.data["gbps"]
             if isinstance(g, bool) or not isinstance(g, int | float) or not 0 < g <= 3200:
                 raise t.fail("gbps", f"gbps = {g!r}: a NIC line rate in Gb/s (0 < gbps <= 3200)")
             params["gbps"] = float(g)
         if t.has("bar"):
-            bar = t.int("bar", lo=0, hi=5)
+            bar = t.integer("bar", lo=0, hi=5)
             b = pdev.bar(bar)
             if b is None or not b.is_mem:
                 raise t.fail("bar", f"{pdev.label} has no memory BAR {bar}")
@@ -836,19 +836,19 @@ def _buffers(ctx: _Ctx, where: _Where, host: Mapping[str, Any], host_line: int |
     used: dict[str, int] = {}
     for t in _tables(ctx, where, host, "buffer", host_line, "[[buffer]]"):
         t.check(_BUFFER_KEYS)
-        name = t.str("name", name=True)
+        name = t.text("name", name=True)
         t.what = f"buffer {name!r}"
         if name in seen:
             raise t.fail("name", f"duplicate buffer name {name!r} (first at line {seen[name]})")
         seen[name] = t.line
-        exporter = t.str("exporter")
+        exporter = t.text("exporter")
         size = t.size("size")
         if size % PAGE_SIZE:
             raise t.fail("size", f"size = {size} is not a multiple of the page size "
                          f"({PAGE_SIZE}); dma-bufs are page-granular")
-        fill = t.str("fill", "random", choices=_FILLS)
+        fill = t.text("fill", "random", choices=_FILLS)
         if exporter == "system":
-            placement = t.str("placement", "ram", choices=("ram",))
+            placement = t.text("placement", "ram", choices=("ram",))
             cap, what = ram, "the host's RAM"
             evictable = False
         else:
@@ -860,7 +860,7 @@ def _buffers(ctx: _Ctx, where: _Where, host: Mapping[str, Any], host_line: int |
             if not info.exports:
                 raise t.fail("exporter", f"a {dev.kind} does not export dma-bufs; exporters "
                              "are gpu, accel, nvme, vfio devices or 'system'")
-            placement = t.str("placement", info.exports[0], choices=info.exports)
+            placement = t.text("placement", info.exports[0], choices=info.exports)
             if placement == "gtt":
                 cap = int(dev.params.get("gtt", ram))
                 what = f"{exporter}'s GTT"
@@ -889,8 +889,8 @@ def _imports(ctx: _Ctx, where: _Where, host: Mapping[str, Any], host_line: int |
     seen: dict[tuple[str, str], int | None] = {}
     for t in _tables(ctx, where, host, "import", host_line, "[[import]]"):
         t.check(_IMPORT_KEYS)
-        buf = t.str("buffer")
-        dev = t.str("device")
+        buf = t.text("buffer")
+        dev = t.text("device")
         t.what = f"import of {buf!r} by {dev!r}"
         if buf not in buffers:
             raise t.fail("buffer", f"unknown buffer {buf!r}; buffers: "
@@ -905,7 +905,7 @@ def _imports(ctx: _Ctx, where: _Where, host: Mapping[str, Any], host_line: int |
         if buffers[buf].exporter == dev:
             raise t.fail("device", f"{dev} exports {buf!r}; a device does not import its own "
                          "buffer")
-        mode = t.str("mode", "dynamic" if "dynamic" in info.modes else info.modes[0],
+        mode = t.text("mode", "dynamic" if "dynamic" in info.modes else info.modes[0],
                      choices=IMPORT_MODES)
         if mode not in info.modes:
             raise t.fail("mode", f"a {d.kind} cannot import in mode {mode!r}; it supports: "
@@ -916,8 +916,14 @@ def _imports(ctx: _Ctx, where: _Where, host: Mapping[str, Any], host_line: int |
             raise t.fail("mode", f"{buf!r} is a vfio-pci dma-buf: vfio-pci accepts only "
                          "revocable importers (mode = 'revocable'); to show the refusal, add "
                          "expect = 'EOPNOTSUPP'")
-        rep = t.str("repr", "sgtable", choices=REPRESENTATIONS)
-        expect = t.opt_str("expect")
+        if exp_dev is not None and exp_dev.kind == "nvme" and (d.kind != "nic"
+                                                               or mode != "pinned"):
+            raise t.fail("device" if d.kind != "nic" else "mode",
+                         f"{buf!r} is p2pmem of {exp_dev.name}'s CMB (not a dma-buf): it is "
+                         "mapped by a NIC with the DMA API, as nvmet-rdma does; import it with "
+                         "a nic in mode = 'pinned'")
+        rep = t.text("repr", "sgtable", choices=REPRESENTATIONS)
+        expect = t.opt_text("expect")
         if expect is not None:
             e = expect.upper()
             if not e.startswith("E") or not hasattr(errno, e):
@@ -938,13 +944,13 @@ def _streams(ctx: _Ctx, where: _Where, host: Mapping[str, Any], host_line: int |
     seen: dict[str, int | None] = {}
     for i, t in enumerate(_tables(ctx, where, host, "stream", host_line, "[[stream]]")):
         t.check(_STREAM_KEYS)
-        name = t.str("name", f"stream{i}", name=True)
+        name = t.text("name", f"stream{i}", name=True)
         t.what = f"stream {name!r}"
         if name in seen:
             raise t.fail("name", f"duplicate stream name {name!r} (first at line {seen[name]})")
         seen[name] = t.line
-        dev = t.str("device")
-        buf = t.str("buffer")
+        dev = t.text("device")
+        buf = t.text("buffer")
         if dev not in devices:
             raise t.fail("device", f"unknown device {dev!r}; devices: "
                          f"{', '.join(devices) or 'none'}")
@@ -958,7 +964,7 @@ def _streams(ctx: _Ctx, where: _Where, host: Mapping[str, Any], host_line: int |
         if imp.expect is not None:
             raise t.fail("buffer", f"the import of {buf!r} by {dev} is expected to fail "
                          f"({imp.expect}); a stream cannot use it")
-        direction = t.str("direction", "read", choices=DIRECTIONS)
+        direction = t.text("direction", "read", choices=DIRECTIONS)
         size = t.size("size")
         if size % PAGE_SIZE:
             raise t.fail("size", f"size = {size} is not a multiple of the page size "
@@ -966,14 +972,14 @@ def _streams(ctx: _Ctx, where: _Where, host: Mapping[str, Any], host_line: int |
         if size > buffers[buf].size:
             raise t.fail("size", f"size = {_fmt_size(size)} is larger than buffer {buf!r} "
                          f"({_fmt_size(buffers[buf].size)})")
-        count = t.int("count", 1, lo=1, hi=10_000_000)
-        conc = t.int("concurrency", 1, lo=1, hi=4096)
+        count = t.integer("count", 1, lo=1, hi=10_000_000)
+        conc = t.integer("concurrency", 1, lo=1, hi=4096)
         if conc > count:
             raise t.fail("concurrency", f"concurrency = {conc} is more than count = {count}")
         start = t.duration("start", 0.0)
         gap = t.duration("gap", 0.0)
-        peer = t.opt_str("peer")
-        peer_buf = t.opt_str("peer_buffer")
+        peer = t.opt_text("peer")
+        peer_buf = t.opt_text("peer_buffer")
         if (peer is None) != (peer_buf is None):
             raise t.fail("peer" if peer else "peer_buffer", "give both peer and peer_buffer "
                          "(the RDMA peer device and the buffer it reads or writes), or neither")
@@ -998,6 +1004,12 @@ def _streams(ctx: _Ctx, where: _Where, host: Mapping[str, Any], host_line: int |
             if size > buffers[peer_buf].size:
                 raise t.fail("size", f"size = {_fmt_size(size)} is larger than peer buffer "
                              f"{peer_buf!r} ({_fmt_size(buffers[peer_buf].size)})")
+        for b, role in ((buf, "buffer"), (peer_buf, "peer_buffer")):
+            ex = devices.get(buffers[b].exporter) if b is not None else None
+            if ex is not None and ex.kind == "nvme" and (role != "buffer"
+                                                         or direction != "write"):
+                raise t.fail(role, f"{b!r} is CMB p2pmem: it is the staging target of an "
+                             "nvmet P2P write — use it as buffer with direction = 'write'")
         if devices[dev].kind == "nic" and peer is None:
             raise t.fail("device", f"{dev} is a NIC: its transfers are RDMA operations; give "
                          "peer = <another NIC> and peer_buffer = <a buffer it imports>")
@@ -1034,7 +1046,7 @@ def _events(ctx: _Ctx, where: _Where, host: Mapping[str, Any], host_line: int | 
     out: list[EventSpec] = []
     for i, t in enumerate(_tables(ctx, where, host, "event", host_line, "[[event]]")):
         t.check(_EVENT_KEYS)
-        action = t.str("action", choices=ACTIONS)
+        action = t.text("action", choices=ACTIONS)
         t.what = f"event #{i + 1} ({action})"
         at = t.duration("at", 0.0)
         for k in ACTIONS[action]:
@@ -1044,10 +1056,10 @@ def _events(ctx: _Ctx, where: _Where, host: Mapping[str, Any], host_line: int | 
             if t.has(k) and k not in ACTIONS[action]:
                 raise t.fail(k, f"{k} does not apply to {action} (it takes: "
                              f"{', '.join(ACTIONS[action])})")
-        device = t.opt_str("device")
-        buffer = t.opt_str("buffer")
+        device = t.opt_text("device")
+        buffer = t.opt_text("buffer")
         nbytes = t.size("bytes") if t.has("bytes") else None
-        port = t.opt_str("port")
+        port = t.opt_text("port")
         ctrl = _acs_ctrl(t, topo, port, "ctrl") if port is not None else None
         if device is not None:
             if device not in devices:
@@ -1075,7 +1087,7 @@ def _events(ctx: _Ctx, where: _Where, host: Mapping[str, Any], host_line: int | 
             if action in ("revoke", "unrevoke") and kind != "vfio":
                 raise t.fail("buffer", f"{action} applies to vfio-pci dma-bufs; {buffer!r} is "
                              f"exported by {exp} ({kind})")
-        note = t.str("note", "")
+        note = t.text("note", "")
         out.append(EventSpec(at, action, device, buffer, nbytes, port, ctrl, note,
                              t.line or 1, i))
     out.sort(key=lambda e: (e.at, e.index))
@@ -1107,8 +1119,8 @@ def _host(ctx: _Ctx, where: _Where, host: Mapping[str, Any], default_name: str
     if not top:
         ht = _Table(ctx, where, host, hl, f"[[host]] #{(where.h or 0) + 1}")
         ht.check(_HOST_KEYS)
-        name = ht.str("name", default_name, name=True)
-        desc = ht.str("description", "") if "description" in host else ""
+        name = ht.text("name", default_name, name=True)
+        desc = ht.text("description", "") if "description" in host else ""
     else:
         name, desc = default_name, ""
     tspec, topo = _topology(ctx, where, host, hl)
@@ -1164,9 +1176,9 @@ def loads_scenario(text: str, *, path: str = "<string>", base: str | Path | None
     if fmt != FORMAT_VERSION:
         raise root.fail("format" if "format" in data else None,
                         f"format = {fmt!r}: a scenario starts with 'format = {FORMAT_VERSION}'")
-    name = root.str("name", Path(path).stem if Path(path).suffix else "scenario", name=True)
-    desc = root.str("description", "") if "description" in data else ""
-    seed = root.int("seed", 0, lo=0, hi=(1 << 63) - 1)
+    name = root.text("name", Path(path).stem if Path(path).suffix else "scenario", name=True)
+    desc = root.text("description", "") if "description" in data else ""
+    seed = root.integer("seed", 0, lo=0, hi=(1 << 63) - 1)
     run_raw = data.get("run", {})
     run_line = ctx.loc.table("run") or ctx.loc.key(0, "run")
     if not isinstance(run_raw, dict):
@@ -1176,8 +1188,8 @@ def loads_scenario(text: str, *, path: str = "<string>", base: str | Path | None
     wall = rt.duration("wall_timeout", 300.0)
     if wall <= 0:
         raise rt.fail("wall_timeout", "wall_timeout must be > 0 seconds")
-    run = RunOptions(rt.str("policy", "random", choices=("random", "fifo")), wall,
-                     rt.bool("verify", True))
+    run = RunOptions(rt.text("policy", "random", choices=("random", "fifo")), wall,
+                     rt.flag("verify", True))
     hosts: list[HostSpec] = []
     if multi:
         if any(k in data for k in _HOST_KEYS - {"name", "description"}):

@@ -135,7 +135,11 @@ class BufferTruth:
 
 
 class StreamChecksum:
-    """An order-independent CRC-32 of a stream: XOR of ``crc32(index, crc32(bytes))``."""
+    """An order-independent CRC-32 of a stream: ``Σ crc32(index, crc32(bytes)) mod 2**32``.
+
+    A sum, not an XOR: CRC-32 is affine over GF(2), so an XOR of per-transfer values can cancel
+    (two transfers of the same bytes, indices whose XOR is zero) — a sum does not.
+    """
 
     def __init__(self) -> None:
         self.value = 0
@@ -144,7 +148,7 @@ class StreamChecksum:
     def add(self, index: int, data: np.ndarray) -> int:
         """Fold transfer ``index``'s bytes in; return their own CRC-32."""
         crc = zlib.crc32(np.ascontiguousarray(data).data)
-        self.value ^= zlib.crc32(struct.pack("<Q", index), crc)
+        self.value = (self.value + zlib.crc32(struct.pack("<Q", index), crc)) & 0xFFFFFFFF
         self.transfers += 1
         return crc
 

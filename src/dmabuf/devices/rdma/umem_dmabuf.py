@@ -286,8 +286,13 @@ def _record_mapping(umem: IbUmemDmabuf, sgt: MapResult) -> None:
 
 def _bus_flags(dev: DmaDevice, full: np.ndarray, flags: np.ndarray, start: int, end: int,
                n: int) -> np.ndarray:
-    """Per window range: a PCI bus address (SG_DMA_BUS_ADDRESS or a BUS_ADDR mapping record)."""
-    # window range k comes from the full range containing its first byte
+    """Per window range: is it a PCI bus address (routed by a switch, not the IOMMU)?
+
+    ``SG_DMA_BUS_ADDRESS`` when the exporter set it (``dma_buf_phys_vec_to_sgt``); otherwise
+    (a table mapped with ``dma_map_sgtable``, which keeps no per-entry flag in the model) the
+    address is compared with the peer BAR windows the device reaches with ``BUS_ADDR`` — the
+    decode its own ``translate`` applies.
+    """
     lens = full["len"]
     starts = np.concatenate(([0], np.cumsum(lens, dtype=np.uint64)[:-1])) if full.size else \
         np.zeros(0, dtype=np.uint64)
@@ -296,21 +301,15 @@ def _bus_flags(dev: DmaDevice, full: np.ndarray, flags: np.ndarray, start: int, 
     bus = (flags[idx] & SG_DMA_BUS_ADDRESS) != 0
     if bool(bus.all()):
         return bus
-    # SgTable.map() does not carry the flag: ask the device's live mapping records.
-    recs = [m for m in getattr(dev, "debug_range_maps", {}).values()
-            if bool(np.asarray(m.bus_address).any())]
-    if not recs:
+    windows = getattr(dev, "_bus_windows", None)
+    wins = windows() if callable(windows) else []
+    if not wins:
         return bus
-    bus_starts = np.concatenate([m.dma["addr"][np.asarray(m.bus_address, dtype=bool)]
-                                 for m in recs])
-    bus_ends = np.concatenate([(m.dma["addr"] + m.dma["len"])[np.asarray(m.bus_address,
-                                                                         dtype=bool)]
-                               for m in recs])
-    order = np.argsort(bus_starts)
-    bs, be = bus_starts[order], bus_ends[order]
+    ws = np.array([w.bus_start for w in wins], dtype=np.uint64)
+    we = np.array([w.bus_start + w.size for w in wins], dtype=np.uint64)
     addr = full["addr"][idx]
-    j = np.searchsorted(bs, addr, side="right").astype(np.int64) - 1
-    inside = (j >= 0) & (addr < be[np.maximum(j, 0)])
+    j = np.searchsorted(ws, addr, side="right").astype(np.int64) - 1
+    inside = (j >= 0) & (addr < we[np.maximum(j, 0)])
     return bus | inside
 
 

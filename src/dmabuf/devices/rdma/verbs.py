@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import errno
 import os
-import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -220,22 +219,32 @@ def wc_status_to_str(status: int) -> str:
 
 # ---------------------------------------------------------------------------------- base
 class _Object:
-    """Common close/children/context-manager behaviour of pyverbs objects."""
+    """Common close/children/context-manager behaviour of pyverbs objects.
+
+    A parent keeps its children alive until they are closed (pyverbs keeps weak references and
+    closes an object when it is garbage collected; the model keeps strong ones so that an
+    object a caller dropped is still released, deterministically, when its parent closes).
+    """
 
     def __init__(self) -> None:
         self._closed = False
-        self._children: weakref.WeakSet[_Object] = weakref.WeakSet()
+        self._children: dict[int, _Object] = {}
+        self._parents: list[_Object] = []
 
     def _add_child(self, obj: _Object) -> None:
-        self._children.add(obj)
+        self._children[id(obj)] = obj
+        obj._parents.append(self)
 
     def close(self) -> None:
         """Release the resource (children first). Idempotent."""
         if self._closed:
             return
-        for child in list(self._children):
+        for child in list(self._children.values()):
             child.close()
         self._closed = True
+        for parent in self._parents:
+            parent._children.pop(id(self), None)
+        self._parents.clear()
         self._destroy()
 
     def _destroy(self) -> None:
