@@ -311,6 +311,36 @@ def test_not_supported_path_stages_through_gtt(machine: Machine, tmp_path: Path)
         p.close()
 
 
+def test_exporter_needing_p2p_fails_registration(machine: Machine, tmp_path: Path) -> None:
+    """habanalabs exports HBM only peer-to-peer: on a path without P2P its map fails -EPERM, so
+    pinned and dynamic MR registration fail with EPERM and leave nothing attached."""
+    from dmabuf.devices.accel import Accel
+
+    p = make_platform(machine, gpus=(), topology=intel_topology(tmp_path))
+    try:
+        acc = p.bind(Accel, "acc0")
+        va = acc.mem_map(acc.mem_alloc(4 * MiB))
+        kbuf = acc.export_dmabuf(va, 4 * MiB)
+        c0 = v.Context(p, "nic0")
+        pd = v.PD(c0)
+        for kind in ("pinned", "dynamic", "pinned_revocable"):
+            with pytest.raises(v.PyverbsRDMAError) as ei:
+                v.DmaBufMR(pd, 4 * MiB, ACCESS_RW, dmabuf=kbuf, kind=kind)
+            assert ei.value.error_code == errno.EPERM, kind
+            assert kbuf.attachments == [] and c0.device.mrs == [] and pd.pd.usecnt == 0
+        odp = v.DmaBufMR(pd, 4 * MiB, ACCESS_RW, dmabuf=kbuf, kind="odp")   # maps lazily...
+        pair = rc_pair(c0, c0, pd_a=pd)
+        host = v.MR(pair.pd_b, 4096, ACCESS_RW)
+        wc = rdma_write(pair, odp, host, 4096)                              # ... and fails
+        assert (wc.status, wc.vendor_err) == (v.IBV_WC_LOC_PROT_ERR, 0x51)
+        for o in (odp, host):
+            o.close()
+        pair.close()
+        kbuf.put()
+    finally:
+        p.close()
+
+
 # ------------------------------------------------------------------ invalidate vs RDMA WRITE
 def _race(m: Machine) -> dict[str, int]:
     p = make_platform(m, gpus=("gpu0",), vram=32 * MiB, ram=1 << 30)

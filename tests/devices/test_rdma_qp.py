@@ -427,3 +427,25 @@ def test_access_constant_values() -> None:
     assert e.errno == e.error_code == errno.EINVAL
     assert e.args[0] == "Failed to post send. Errno: 22, Invalid argument"
     assert ACCESS_RW == L | RW | RR
+
+
+def test_pyverbs_error_pickles() -> None:
+    import pickle
+    e = v.PyverbsRDMAError("Failed to register a dma-buf MR", errno.EOPNOTSUPP)
+    e2 = pickle.loads(pickle.dumps(e))
+    assert type(e2) is v.PyverbsRDMAError and e2.args == e.args and e2.error_code == e.error_code
+
+
+def test_context_binding_rules(platform: Platform) -> None:
+    a = v.Context(platform, "nic0", odp=False)
+    assert a.device.odp is False and v.Context(platform, "nic0").device is a.device
+    assert v.Context(platform, "nic0", odp=False).device is a.device
+    with pytest.raises(v.PyverbsRDMAError) as ei:
+        v.Context(platform, "nic0", odp=True)
+    assert ei.value.error_code == errno.EBUSY
+    with pytest.raises(v.PyverbsRDMAError) as ei:
+        v.Context(platform, "nvme0")                       # not a network controller
+    assert ei.value.error_code == errno.ENODEV
+    with pytest.raises(v.PyverbsRDMAError) as ei:
+        v.Context(platform, "nic9")
+    assert ei.value.error_code == errno.ENODEV

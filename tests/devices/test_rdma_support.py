@@ -5,8 +5,8 @@
 * :class:`RevocableExporter` — a vfio-pci-like static exporter of RAM pages guarded by
   :class:`dmabuf.buf.revoke.Revoker` (requires revocable importers, revokes on request);
 * :func:`rc_pair` — two connected RC QPs (facade objects) with their CQs;
-* :func:`intel_topology` — a host whose root complex is not on the P2P allow-list, GPU and NIC on
-  different root ports (P2P ``NOT_SUPPORTED``).
+* :func:`intel_topology` — a host whose root complex is not on the P2P allow-list, GPU,
+  accelerator and NIC on different root ports (P2P ``NOT_SUPPORTED``).
 """
 
 from __future__ import annotations
@@ -208,6 +208,34 @@ p2pdma = true
   index = 0
   size = "1GiB"
   address = 0x10000000000
+  mem64 = true
+  prefetchable = true
+
+[[device]]
+bdf = "0000:00:03.0"
+name = "rp2"
+type = "root_port"
+vendor = 0x8086
+device = 0x1235
+link = "Gen4 x16"
+iommu_group = 3
+
+[[device]]
+bdf = "0000:03:00.0"
+name = "acc0"
+type = "endpoint"
+parent = "rp2"
+vendor = 0x1da3
+device = 0x1020
+class = 0x120000
+link = "Gen4 x16"
+iommu_group = 12
+p2pdma = true
+
+  [[device.bar]]
+  index = 4
+  size = "256MiB"
+  address = 0x12000000000
   mem64 = true
   prefetchable = true
 

@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from dmabuf.cli.run import wide_console
 from dmabuf.errors import DmaBufError
 from dmabuf.sim.compare import COMPARE_MODES, compare
 from dmabuf.sim.report import fmt_bytes, fmt_rate, fmt_time
@@ -46,7 +46,7 @@ def compare_cmd(scenario: Path, modes: tuple[str, ...], reprs: tuple[str, ...],
     except DmaBufError as e:
         click.echo(f"error: {e.strerror or e}", err=True)
         sys.exit(2)
-    console = Console(stderr=as_json)
+    console = wide_console(stderr=as_json, width=170)
     with console.status("comparing…") as status:
         def progress(mode: str, rep: str) -> None:
             status.update(f"running {s.name} with importers in mode {mode}, repr {rep}…")

@@ -20,6 +20,7 @@ scenario or bad options.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -38,7 +39,16 @@ from rich.progress import (
 from dmabuf.errors import DmaBufError
 from dmabuf.sim.scenario import Scenario, load_scenario
 
-__all__ = ["execute", "output_options", "run_cmd"]
+__all__ = ["execute", "output_options", "run_cmd", "wide_console"]
+
+
+def wide_console(*, stderr: bool = False, width: int = 140) -> Console:
+    """A rich console; when output is piped or captured (not a terminal, no ``COLUMNS``),
+    ``width`` columns instead of rich's 80, so the report tables do not wrap."""
+    console = Console(stderr=stderr)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(stderr=stderr, width=width)
+    return console
 
 
 def output_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -73,7 +83,8 @@ def execute(scenario: Scenario, *, seed: int | None, json_out: Path | None, plot
     from dmabuf.sim.runner import run_scenario
 
     to_stdout = json_out is not None and str(json_out) == "-"
-    console = console or Console(stderr=to_stdout)
+    if console is None:
+        console = wide_console(stderr=to_stdout)
     if plot is not None:
         from dmabuf.sim.plot import PlotUnavailable, _mpl
 

@@ -25,6 +25,7 @@ from dmabuf.devices.gpu import TtmPl as TtmPl
 from dmabuf.devices.iommufd import IommufdCtx as IommufdCtx
 from dmabuf.devices.platform import DEFAULT_RAM_SIZE as DEFAULT_RAM_SIZE
 from dmabuf.devices.platform import Platform as Platform
+from dmabuf.devices.rdma import RdmaNic as RdmaNic
 from dmabuf.devices.vfio import VfioDeviceFeatureDmaBuf as VfioDeviceFeatureDmaBuf
 from dmabuf.devices.vfio import VfioPciDevice as VfioPciDevice
 from dmabuf.devices.vfio import VfioPciDmaBufOps as VfioPciDmaBufOps

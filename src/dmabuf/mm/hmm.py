@@ -217,13 +217,43 @@ def _walk(rng: HmmRange, mm: MmStruct, last: int) -> None:
         pos = hi
 
 
+def _build_luts() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-PTE-value tables for the uniform-request fast path (no device-private entries).
+
+    ``cpu[pte]``: output flags; ``pfnmask[pte]``: all ones where the pfn is reported;
+    ``act[r][pte]``: True where the page needs a fault / wait / error for request class ``r``
+    (0: nothing, 1: REQ_FAULT, 2: REQ_FAULT|REQ_WRITE). Built from the same rules as the
+    general path (``_walk_vma``), which handles every page whose ``act`` is set.
+    """
+    v = np.arange(1 << 9, dtype=np.uint16)
+    present = (v & PTE_PRESENT) != 0
+    special_bad = present & ((v & PTE_SPECIAL) != 0) & ((v & PTE_ZERO) == 0)
+    writable = present & ((v & PTE_WRITE) != 0)
+    migr = (v & PTE_MIGRATION) != 0
+    ok = present & ~special_bad
+    cpu = np.where(ok, _V, np.uint64(0)) | np.where(ok & writable, _W, np.uint64(0)) | \
+        np.where(special_bad, _E, np.uint64(0))
+    pfnmask = np.where(ok, np.uint64((1 << 64) - 1), np.uint64(0))
+    devpriv = (v & PTE_DEVICE_PRIVATE) != 0
+    acts = []
+    for reqf, reqw in ((False, False), (True, False), (True, True)):
+        need = (reqf & ~present) | (reqw & ~writable)
+        # device-private entries depend on their pgmap owner: always the general path
+        acts.append((need & ~migr) | (migr & reqf) | (special_bad & ~need & reqf) | devpriv)
+    return cpu, pfnmask, np.array(acts)
+
+
+_LUT_CPU, _LUT_PFNMASK, _LUT_ACT = _build_luts()
+
+
 def _walk_vma(rng: HmmRange, mm: MmStruct, vma: Vma, lo: int, hi: int, s: np.ndarray,
               mask: np.uint64, dflt: np.uint64, may_fault: bool) -> None:
     """One VMA chunk ``[lo, hi)``; ``s`` is the slice of hmm_pfns (written in place)."""
-    req = (s & mask) | dflt
+    uniform = int(mask) & (HMM_PFN_REQ_FAULT | HMM_PFN_REQ_WRITE) == 0
+    req: np.ndarray | np.uint64 = dflt if uniform else (s & mask) | dflt
     if (vma.flags & (VM_IO | VM_PFNMAP)) or not (vma.flags & VM_READ):
         # hmm_vma_walk_test(): unsupported VMA
-        if may_fault and bool(np.any(req & _V)):
+        if may_fault and bool(np.any(np.asarray(req) & _V)):
             raise DmaBufError(errno.EFAULT, f"hmm_range_fault: {vma!r} is VM_IO/VM_PFNMAP or "
                               "unreadable: it has no struct pages HMM can mirror (use dma-buf)")
         s &= _INOUT
@@ -232,9 +262,20 @@ def _walk_vma(rng: HmmRange, mm: MmStruct, vma: Vma, lo: int, hi: int, s: np.nda
     i0, i1 = vma.index(lo), vma.index(hi - 1) + 1
     if vma.kind == "file":
         mm._revalidate_file(vma, i0, i1)
+    if uniform:
+        d = int(dflt)
+        rc = 0 if not d & HMM_PFN_REQ_FAULT else (2 if d & HMM_PFN_REQ_WRITE else 1)
+        with mm.pt_locked():
+            vp = vma.pte[i0:i1]
+            if not bool(_LUT_ACT[rc][vp].any()):
+                # fast path: every page is final; outputs by table lookup, under the PTL
+                s &= _INOUT
+                s |= (vma.pfn[i0:i1] & _LUT_PFNMASK[vp]) | _LUT_CPU[vp]
+                return
     with mm.pt_locked():
         pte = vma.pte[i0:i1].copy()
         pfn = vma.pfn[i0:i1].copy()
+    req = np.broadcast_to(np.asarray(req, dtype=np.uint64), s.shape)
     present = (pte & PTE_PRESENT) != 0
     devpriv = (pte & PTE_DEVICE_PRIVATE) != 0
     mine = np.zeros(pte.size, dtype=bool)

@@ -589,7 +589,7 @@ class HostRun:
                 if state.status == "ok":
                     state.status = "revoked"
                 return
-            self._bad(state, i, f"RDMA {wr.opcode!r} completed with {status}")
+            self._bad(state, i, f"RDMA {IbWrOpcode(wr.opcode).name} completed with {status}")
             state.stopped = "error"
             return
         imp.refresh()

@@ -208,7 +208,9 @@ def parse_duration(value: Any, what: str) -> float:
             raise ValueError(f"{what}: cannot read {value!r} as a duration; write e.g. 0.001, "
                              "'10us', '1.5ms', '2s'")
         unit = m.group(2) or "s"
-        s = float(m.group(1)) * {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}[unit]
+        # Divide by a power of ten (exact) rather than multiply by 1e-6 (inexact): "100us" is
+        # then exactly the double nearest 1e-4, as the literal 100e-6 is.
+        s = float(m.group(1)) / {"s": 1.0, "ms": 1e3, "us": 1e6, "µs": 1e6, "ns": 1e9}[unit]
     else:
         raise ValueError(f"{what} must be a duration (seconds, or '10us', '1.5ms'), not "
                          f"{type(value).__name__}")
@@ -498,7 +500,7 @@ class _Table:
 
     def kl(self, key: str) -> int | None:
         if self.top:
-            return self.ctx.loc.key(0, key) or self.line
+            return self.ctx.loc.key(0, key) or self.ctx.loc.table(key) or self.line
         return self.where.key(self.line, key) or self.line
 
     def check(self, allowed: set[str]) -> None:
@@ -1171,6 +1173,10 @@ def loads_scenario(text: str, *, path: str = "<string>", base: str | Path | None
                        ) from None
     root = _Table(ctx, _Where(ctx.loc, None), data, 1, "top level", top=True)
     multi = "host" in data
+    if multi and any(k in data for k in _HOST_KEYS - {"name", "description"}):
+        k = next(k for k in data if k in _HOST_KEYS - {"name", "description"})
+        raise root.fail(k, f"{k} at top level next to [[host]] tables: put it inside a "
+                        "[[host]] (or use no [[host]] for a one-machine scenario)")
     root.check(_ROOT_KEYS if multi else _ROOT_KEYS | _HOST_KEYS)
     fmt = data.get("format")
     if fmt != FORMAT_VERSION:
@@ -1192,10 +1198,6 @@ def loads_scenario(text: str, *, path: str = "<string>", base: str | Path | None
                      rt.flag("verify", True))
     hosts: list[HostSpec] = []
     if multi:
-        if any(k in data for k in _HOST_KEYS - {"name", "description"}):
-            k = next(k for k in data if k in _HOST_KEYS - {"name", "description"})
-            raise root.fail(k, f"{k} at top level next to [[host]] tables: put it inside a "
-                            "[[host]] (or use no [[host]] for a one-machine scenario)")
         raw_hosts = data["host"]
         if not isinstance(raw_hosts, list) or not raw_hosts or not all(
                 isinstance(h, dict) for h in raw_hosts):

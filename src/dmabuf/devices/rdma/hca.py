@@ -41,6 +41,10 @@ other HCA operations, as the hardware guarantees); the vendor syndromes are the 
 Locking (order): QP ``sq_lock`` → (a responder's ``rq_lock``, only to pop) → dma-buf
 reservation lock (page faults) → MKey hardware locks (sorted). No lock is held while a page fault
 waits for the exporter, except the requester's ``sq_lock``.
+
+Kernel: none (hardware: the HCA the mlx5 driver programs). Related: drivers/infiniband/hw/mlx5/
+odp.c (the page-fault events it raises), IB spec vol. 1 ch. 9 (transport, NAK codes) and 10.8
+(completion statuses).
 """
 
 from __future__ import annotations

@@ -12,6 +12,9 @@ Bytes carried are counted per port (``tx_bytes`` / ``rx_bytes``); timing is the 
 business (layer 6).
 
 Locking: one internal lock protects the port tables, held only inside a call.
+
+Kernel: none (the fabric and its subnet manager). Related: include/rdma/ib_verbs.h
+(``ib_port_attr.lid``, ``enum ib_port_state``).
 """
 
 from __future__ import annotations

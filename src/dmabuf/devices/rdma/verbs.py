@@ -193,9 +193,10 @@ class PyverbsError(DmaBufError):
         super().__init__(code, text)
         self.args = (text,)
         self.error_code = code
+        self._msg = msg
 
     def __reduce__(self) -> tuple[type, tuple[str, int]]:  # type: ignore[override]
-        return (type(self), (self.strerror or "", self.error_code))
+        return (type(self), (self._msg, self.error_code))
 
 
 class PyverbsRDMAError(PyverbsError):
@@ -300,13 +301,15 @@ class Context(_Object):
         name: the NIC's name or BDF (``"nic0"``). If no driver is bound to it yet the
             :class:`~dmabuf.devices.rdma.mlx5_ib.RdmaNic` driver is bound with ``nic_params``.
         **nic_params: driver parameters for that bind (``odp``, ``atomic``, …).
-    Raises: PyverbsRDMAError(ENODEV): no such function, or a non-RDMA driver is bound to it.
+    Raises: PyverbsRDMAError(ENODEV): no such function, or a non-RDMA driver is bound to it;
+        PyverbsRDMAError(EBUSY): ``nic_params`` differ from those of the bound driver.
     """
 
     def __init__(self, platform: Platform, name: str = "nic0", **nic_params: Any) -> None:
         super().__init__()
         if not isinstance(platform, Platform):
             raise PyverbsUserError("Context needs the Platform the NIC lives on", errno.EINVAL)
+        bound = True
         try:
             try:
                 dev: Any = platform.device(name)
@@ -314,11 +317,21 @@ class Context(_Object):
                 if e.errno != errno.ENODEV or platform.pci_dev(name) is None:
                     raise
                 dev = platform.bind(RdmaNic, name, **nic_params)
+                bound = False
         except DmaBufError as e:
             raise _wrap(f"Failed to open device {name}", e) from e
         if not isinstance(dev, RdmaNic):
             raise PyverbsRDMAError(f"Failed to open device {name}: {dev.driver_name} is bound, "
                                    "not an RDMA driver", errno.ENODEV)
+        if bound and nic_params:
+            current = {"odp": dev.odp, "atomic": dev.atomic, "ports": len(dev.ports),
+                       "max_umr_pages": dev.max_umr_pages,
+                       "ignore_invalidate": dev.ignore_invalidate}
+            differ = {k: val for k, val in nic_params.items() if current.get(k, object()) != val}
+            if differ:
+                raise PyverbsRDMAError(f"Failed to open device {name}: the driver is already "
+                                       f"bound with other parameters ({differ}); unbind it "
+                                       "first", errno.EBUSY)
         self.platform = platform
         self.device: RdmaNic = dev
         self.name = dev.name
