@@ -518,6 +518,9 @@ class DmaBuf:
         self.resv = resv
         self._embedded_resv = embedded_resv
         self._attachments: list[DmaBufAttachment] = []
+        # id(exporter's table) -> table, for every live mapping of every listed attachment: the
+        # model-only "exporter returned a table that is still mapped" check in O(1).
+        self._live_origs: dict[int, object] = {}
         self.vmapping_counter = 0
         self.vmap_ptr: Any = None
         self._name: str | None = None
@@ -712,6 +715,8 @@ class DmaBuf:
         self.resv.lock(None)
         try:
             self._attachments.remove(attach)
+            for _, orig, _, _ in attach._live.values():
+                self._live_origs.pop(id(orig), None)
             attach._listed = False
             attach._detached = True
         finally:
@@ -1176,13 +1181,11 @@ class DmaBufAttachment:
                 raise ContractViolation("dma_buf_ops.map_dma_buf", f"{dmabuf.exp_name}: "
                                         f"map_dma_buf returned a {type(table).__name__}; it "
                                         "must return an SgTable or a PhysVec")
-            for a in dmabuf._attachments:
-                for _, orig, _, _ in a._live.values():
-                    if orig is table:
-                        raise ContractViolation(
-                            "dma_buf_ops.map_dma_buf", f"{dmabuf.exp_name}: map_dma_buf "
-                            "returned a table that is still mapped (exporters must not cache "
-                            "mappings nor return the same table twice)")
+            if dmabuf._live_origs.get(id(table)) is table:
+                raise ContractViolation(
+                    "dma_buf_ops.map_dma_buf", f"{dmabuf.exp_name}: map_dma_buf "
+                    "returned a table that is still mapped (exporters must not cache "
+                    "mappings nor return the same table twice)")
             if self.importer_ops is None:
                 try:
                     dmabuf.resv.wait_timeout(DmaResvUsage.KERNEL, True, None)
@@ -1198,6 +1201,7 @@ class DmaBufAttachment:
         if isinstance(table, SgTable) and _registry(m).debug_wrap:
             given = table.wrap_dma_only()
         self._live[id(given)] = (given, table, d, pinned)
+        dmabuf._live_origs[id(table)] = table
         m.trace.emit("dma_buf_map_attachment", ino=dmabuf.ino, dev=self.dev.name,
                      direction=d.name, nbytes=_result_len(given))
         return given
@@ -1233,6 +1237,7 @@ class DmaBufAttachment:
             raise ContractViolation("dma_buf_unmap_attachment", f"{self.dev.name}: unmap with "
                                     f"direction {d.name}, mapped with {md.name}")
         del self._live[id(table)]
+        self.dmabuf._live_origs.pop(id(orig), None)
         if given is not orig and isinstance(given, SgTable):
             given.free()   # dma_buf_unwrap_sg_table(): the debug copy goes away
         self.dmabuf._op("unmap_dma_buf", self, orig, d)

@@ -22,7 +22,13 @@ from dmabuf.devices.gpu import GpuBo as GpuBo
 from dmabuf.devices.gpu import GpuBoMapping as GpuBoMapping
 from dmabuf.devices.gpu import GpuDmaBufOps as GpuDmaBufOps
 from dmabuf.devices.gpu import TtmPl as TtmPl
+from dmabuf.devices.hmm_mirror import HmmMirror as HmmMirror
+from dmabuf.devices.hmm_mirror import Mirror as Mirror
 from dmabuf.devices.iommufd import IommufdCtx as IommufdCtx
+from dmabuf.devices.nvme import BlockDevice as BlockDevice
+from dmabuf.devices.nvme import Nvme as Nvme
+from dmabuf.devices.nvme import P2pmemSysfs as P2pmemSysfs
+from dmabuf.devices.nvme import VirtioBlk as VirtioBlk
 from dmabuf.devices.platform import DEFAULT_RAM_SIZE as DEFAULT_RAM_SIZE
 from dmabuf.devices.platform import Platform as Platform
 from dmabuf.devices.rdma import RdmaNic as RdmaNic
