@@ -670,8 +670,7 @@ def test_paths(be: ModelBackend, ubuf: tuple[DmaBufFile, Memfd]) -> None:
     assert code(lambda: read_fdinfo(m.fileno(), be)) == "ENOTTY"
 
 
-def test_bufinfo_of_v71_fence_lines_is_not_parsed_by_the_binding(
-        be: ModelBackend, ubuf: tuple[DmaBufFile, Memfd]) -> None:
+def test_model_prints_v71_fence_lines(be: ModelBackend, ubuf: tuple[DmaBufFile, Memfd]) -> None:
     """The model prints v7.1's ``context:seqno timeline driver`` fence lines."""
     buf, _ = ubuf
     with buf.export_sync_file() as sf:
@@ -680,16 +679,21 @@ def test_bufinfo_of_v71_fence_lines_is_not_parsed_by_the_binding(
     assert "\twrite fence:0:0   signalled\n" in text
 
 
-@pytest.mark.xfail(strict=True, reason="dmabuf.uapi.fdinfo.parse_bufinfo knows only the "
-                   "6.12 fence-line format (driver timeline seq N), not v7.1's "
-                   "(context:seqno timeline driver); reported to the uapi owner")
-def test_binding_parses_v71_bufinfo(be: ModelBackend,
-                                    ubuf: tuple[DmaBufFile, Memfd]) -> None:
-    buf, _ = ubuf
-    with buf.export_sync_file() as sf:
-        buf.import_sync_file(sf, write=True)
-    o = read_bufinfo(be).find(buf.inode)
-    assert o is not None and [f.usage for f in o.fences] == ["write"]
+def test_binding_parses_v71_bufinfo(be: ModelBackend, dev: VgemDevice) -> None:
+    """read_bufinfo() parses v7.1's lines: context, names while pending, none once signalled."""
+    with dev.create_dumb(32, 32, 32) as bo, bo.export() as d:
+        f = bo.attach_fence(write=False)
+        o = read_bufinfo(be).find(d.inode)
+        assert o is not None and len(o.fences) == 1
+        pending = o.fences[0]
+        assert (pending.usage, pending.driver, pending.timeline, pending.seqno,
+                pending.signalled) == ("read", "vgem", "unbound", 1, False)
+        assert isinstance(pending.context, int) and pending.context > 0
+        f.signal()
+        o = read_bufinfo(be).find(d.inode)
+        assert o is not None
+        assert [(x.usage, x.driver, x.timeline, x.seqno, x.signalled, x.context)
+                for x in o.fences] == [("read", "", "", 1, True, pending.context)]
 
 
 # ------------------------------------------------------------------------------------------

@@ -475,3 +475,56 @@ def test_fast_path_equals_the_general_walk(mm: MmStruct) -> None:
     assert np.array_equal(fast.hmm_pfns, slow.hmm_pfns)
     assert int(fast.hmm_pfns[0]) & HMM_PFN_VALID and int(fast.hmm_pfns[0]) & HMM_PFN_DMA_MAPPED
     assert mm.stats["faults"] == 3                     # only the three CPU faults above
+
+
+def test_partial_invalidation_unlinks_only_that_part_of_the_iova_window(
+        platform: Platform) -> None:
+    dev = platform.bind(HmmMirror, "gpu1")
+    mm = MmStruct(platform.phys, name="app")
+    n = 8
+    a = mm.mmap(n * PAGE_SIZE)
+    mm.fill(a, n * PAGE_SIZE, 0x31)
+    mr = dev.mirror(mm, a, n * PAGE_SIZE)
+    assert bytes(mr.read(a, n * PAGE_SIZE)) == b"\x31" * (n * PAGE_SIZE)
+    iova = int(mr.dmap.dma_list[0])
+    dom = dev.dma.iommu
+    assert dom is not None and dom.mapped_bytes(iova, n * PAGE_SIZE) == n * PAGE_SIZE
+    mm.madvise(a + 3 * PAGE_SIZE, 2 * PAGE_SIZE, MADV_DONTNEED)
+    assert list(mr.mirrored()) == [True] * 3 + [False] * 2 + [True] * 3
+    assert dom.mapped_bytes(iova, n * PAGE_SIZE) == (n - 2) * PAGE_SIZE
+    data = mr.read(a, n * PAGE_SIZE)              # re-faults the hole: zero pages
+    assert bytes(data[3 * PAGE_SIZE:5 * PAGE_SIZE]) == b"\0" * (2 * PAGE_SIZE)
+    assert bytes(data[:8]) == b"\x31" * 8
+    assert dom.mapped_bytes(iova, n * PAGE_SIZE) == n * PAGE_SIZE
+    platform.unbind("gpu1")                       # closes the mirror: all unlinked, IOVA freed
+    assert dom.mapped_bytes(iova, n * PAGE_SIZE) == 0 and mr.closed
+
+
+@pytest.mark.parametrize("flags", [HMM_PFN_REQ_FAULT, HMM_PFN_REQ_FAULT | HMM_PFN_REQ_WRITE])
+def test_fast_fault_planning_equals_the_general_walk(machine: Machine, flags: int) -> None:
+    """Two identical address spaces: one walked with a uniform request (table path), the other
+    with the same request per page (general path); outputs, PTEs and stats must match."""
+    outs = []
+    for uniform in (True, False):
+        mm = MmStruct(make_phys(machine, ram=16 * MiB, devmem=0, bar=0), name="p")
+        a = mm.mmap(8 * PAGE_SIZE)
+        mm.write(a + PAGE_SIZE, b"x")
+        mm.read(a + 3 * PAGE_SIZE, 1)
+        d = Sub(mm, a, 8 * PAGE_SIZE)
+        if uniform:
+            rng, _ = d.fault_retry(a, 8, flags)
+        else:
+            retries = 0
+            while True:
+                try:
+                    rng = d.fault(a, 8, 0, flags, pfns=np.full(8, flags, dtype=np.uint64))
+                    break
+                except DmaBufError as e:
+                    assert e.errno == errno.EBUSY
+                    retries += 1
+                    assert retries < 10
+        outs.append((rng.hmm_pfns.copy(), mm.lookup(a, 8), dict(mm.stats), d.invalidations))
+    (p1, (f1, t1), s1, i1), (p2, (f2, t2), s2, i2) = outs
+    assert np.array_equal(p1, p2) and np.array_equal(f1, f2) and np.array_equal(t1, t2)
+    assert s1 == s2 and i1 == i2
+    assert bool(np.all((p1 & np.uint64(HMM_PFN_VALID)) != 0))

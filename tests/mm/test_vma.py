@@ -244,6 +244,13 @@ def test_shared_memfd_mapping_sees_file_writes_and_private_copies(mm: MmStruct) 
     assert e.value.errno == errno.EBUSY
     mm.munmap(s, 2 * PAGE_SIZE)
     f.add_seals(F_SEAL_WRITE)
+    ro = mm.mmap(PAGE_SIZE, PROT_READ, MAP_SHARED, file=f)
+    with pytest.raises(DmaBufError) as e:       # a write-sealed memfd never becomes writable
+        mm.mprotect(ro, PAGE_SIZE, PROT_READ | PROT_WRITE)
+    assert e.value.errno == errno.EACCES
+    with pytest.raises(DmaBufError) as e:
+        mm.mmap(PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, file=f)
+    assert e.value.errno == errno.EPERM
 
 
 def test_truncated_memfd_gives_sigbus_beyond_eof(mm: MmStruct) -> None:

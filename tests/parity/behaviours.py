@@ -281,42 +281,19 @@ class Env:
         return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
-_NEW_FENCE_LINE = None
-
-
 def bufinfo(backend: UapiBackend) -> tuple[Any, str]:
     """``read_bufinfo(backend)`` and the format of its fence lines.
 
     Returns ``(BufInfo, fmt)``: ``fmt`` is ``"driver timeline seq N"`` for the fence lines of
     ``dma_fence_describe()`` up to the 6.12 family, ``"context:seqno timeline driver"`` for the
-    v7.1 format (``"%llu:%llu %s %s %ssignalled"``, names empty once signalled), ``"none"``
-    without fence lines. The binding's parser (``dmabuf.uapi.fdinfo``) knows only the first
-    format; v7.1 lines are rewritten into it before parsing (reported to the uapi owner; the
-    strict xfail in tests/backends/test_model_backend.py turns red once the binding parses them
-    itself, and this fallback can go).
+    newer format (``"%llu:%llu %s %s %ssignalled"``, names empty once signalled; the binding
+    parses both and gives the newer lines a ``context``), ``"none"`` without fence lines.
     """
-    import re
-
-    from dmabuf.uapi.fdinfo import BUFINFO_PATH, parse_bufinfo
-
-    global _NEW_FENCE_LINE
-    if _NEW_FENCE_LINE is None:
-        _NEW_FENCE_LINE = re.compile(r"^\t(\w+) fence:(\d+):(\d+) (\S*) (\S*) (un)?signalled$",
-                                     re.M)
-    try:
-        info = read_bufinfo(backend)
-        text = None
-    except DmaBufError as e:
-        if e.errno != errno.EINVAL:
-            raise
-        text = backend.read_text(BUFINFO_PATH)
-        if not _NEW_FENCE_LINE.search(text):
-            raise
-        info = parse_bufinfo(_NEW_FENCE_LINE.sub(
-            lambda m: f"\t{m[1]} fence:{m[5]} {m[4]} seq {m[3]} {m[6] or ''}signalled", text))
-    if text is not None:
+    info = read_bufinfo(backend)
+    fences = [f for o in info.objects for f in o.fences]
+    if any(f.context is not None for f in fences):
         fmt = "context:seqno timeline driver"
-    elif any(o.fences for o in info.objects):
+    elif fences:
         fmt = "driver timeline seq N"
     else:
         fmt = "none"

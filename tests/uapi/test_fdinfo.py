@@ -100,6 +100,49 @@ def test_parse_bufinfo_captured() -> None:
     assert bi.find(2) is heap and bi.find(99) is None
 
 
+# The same buffers as BUFINFO, in the fence-line format of v7.1's dma_fence_describe()
+# ("%llu:%llu %s %s %ssignalled": context:seqno timeline driver, no names once signalled).
+BUFINFO_V71 = (BUFINFO
+               .replace("\tread fence:vgem unbound seq 1 unsignalled\n",
+                        "\tread fence:7:1 unbound vgem unsignalled\n")
+               .replace("\twrite fence:stub stub seq 0 signalled\n",
+                        "\twrite fence:0:0   signalled\n"))
+
+
+def test_parse_bufinfo_v71_fence_lines() -> None:
+    assert BUFINFO_V71 != BUFINFO
+    bi = parse_bufinfo(BUFINFO_V71)
+    drm, heap, udma = bi.objects
+    assert drm.fences == (BufInfoFence("read", "vgem", "unbound", 1, False, 7),) * 2
+    assert udma.fences == (BufInfoFence("write", "", "", 0, True, 0),)
+    assert heap.fences == () and heap.attached_devices == ("vgem",)
+    assert (bi.total_objects, bi.total_bytes) == (3, 16384)
+
+
+@pytest.mark.parametrize(("line", "want"), [
+    ("\tkernel fence:12:34 gfx_0.0.0 amdgpu unsignalled",
+     BufInfoFence("kernel", "amdgpu", "gfx_0.0.0", 34, False, 12)),
+    ("\tbookkeep fence:18446744073709551615:5   signalled",
+     BufInfoFence("bookkeep", "", "", 5, True, 18446744073709551615)),
+    ("\tread fence:3:9 my timeline drv unsignalled",        # a timeline name with a space
+     BufInfoFence("read", "drv", "my timeline", 9, False, 3)),
+    ("\twrite fence:i915 0000:00:02.0 seq 77 unsignalled",  # 6.12: no context
+     BufInfoFence("write", "i915", "0000:00:02.0", 77, False, None)),
+])
+def test_parse_bufinfo_fence_line_variants(line: str, want: BufInfoFence) -> None:
+    text = ("\nDma-buf Objects:\n"
+            "00004096\t00000002\t00080007\t00000001\tx\t00000009\t<none>\n"
+            f"{line}\n\tAttached Devices:\nTotal 0 devices attached\n\n"
+            "\nTotal 1 objects, 4096 bytes\n")
+    assert parse_bufinfo(text).objects[0].fences == (want,)
+
+
+def test_parse_bufinfo_rejects_a_mangled_v71_fence_line() -> None:
+    with pytest.raises(DmaBufError, match="unexpected bufinfo line") as ei:
+        parse_bufinfo(BUFINFO_V71.replace("0:0   signalled", "0:0   finished"))
+    assert ei.value.errno == errno.EINVAL
+
+
 def test_parse_bufinfo_rejects_other_text() -> None:
     with pytest.raises(DmaBufError, match="not a dma_buf/bufinfo") as ei:
         parse_bufinfo("hello\n")

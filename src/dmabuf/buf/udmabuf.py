@@ -7,8 +7,10 @@ buffer's life. This module models
 * the **memfd file** — ``memfd_create(2)`` (:func:`memfd_create`) installs a
   :class:`~dmabuf.buf.file.File` whose private data is the :class:`~dmabuf.mm.memfd.MemFd`
   inode, ``fcntl(F_ADD_SEALS/F_GET_SEALS)`` (:func:`memfd_add_seals`, :func:`memfd_get_seals`:
-  ``EINVAL`` on a file that is not a memfd), ``ftruncate``, ``pwrite``/``pread``, and
-  ``lseek(SEEK_END)`` giving the size. (Files are layer 3; the inode is in :mod:`dmabuf.mm`.)
+  ``EINVAL`` on a file that is not a memfd), ``ftruncate``, ``pwrite``/``pread``,
+  ``lseek`` (``generic_file_llseek``: moves ``f_pos``; ``SEEK_END`` gives the size) and
+  ``mmap`` (:meth:`MemfdFileOps.mmap`: ``shmem_mmap`` with the write-seal rules, the pages
+  pinned while mapped). (Files are layer 3; the inode is in :mod:`dmabuf.mm`.)
 * the **udmabuf device** (:class:`UdmabufDevice`, one per machine, ``machine.state(...)``) with
   ``UDMABUF_CREATE`` and ``UDMABUF_CREATE_LIST`` — as Python calls (:meth:`UdmabufDevice.create`,
   :meth:`UdmabufDevice.create_list`) and as the device file's ioctl decoding the raw structures.
@@ -22,9 +24,11 @@ buffer's life. This module models
   ``UDMABUF_FLAGS_CLOEXEC`` is set. A failure unpins everything pinned so far.
 * the **exporter** (``udmabuf_ops``): ``map_dma_buf`` builds a fresh table from the pinned pages
   (``sg_alloc_table_from_pages`` — contiguous pages merged) and maps it for the importer;
-  per-attachment bookkeeping for ``begin/end_cpu_access`` syncs; ``mmap`` requires a shared
-  mapping (``EINVAL`` otherwise) and gives a :class:`~dmabuf.buf.phys_vec.PhysView` over the
-  pinned pages; ``vmap`` likewise; ``release`` unpins every page.
+  ``begin_cpu_access`` creates the driver's own table (``ubuf->sg``) on its first call and
+  ``end_cpu_access`` before that is ``EINVAL`` (so ``DMA_BUF_IOCTL_SYNC(END)`` before any
+  ``START`` fails, as observed on a real 6.12 kernel); ``mmap`` requires a shared mapping
+  (``EINVAL`` otherwise) and gives a :class:`~dmabuf.buf.phys_vec.PhysView` over the pinned
+  pages; ``vmap`` likewise; ``release`` frees ``ubuf->sg`` and unpins every page.
 
 Flags: only ``UDMABUF_FLAGS_CLOEXEC`` has a meaning. Mainline ignores any other bit (a check
 returning ``EINVAL`` was proposed in 2018 and never merged; FreeBSD's port rejects them); the
@@ -239,6 +243,8 @@ class Udmabuf:
         pages: the physical pages, in buffer order (``RANGE_DTYPE``, merged where contiguous).
         owners: owner ids of the pages (one per distinct memfd).
         attachments: the attachments' private tables (``udmabuf_attachment``).
+        sg: the driver's own table (``ubuf->sg``), created by the first ``begin_cpu_access``;
+            None before.
         cpu_syncs: ``dma_sync_sgtable_for_cpu/_device`` calls (model statistic).
     """
 
@@ -251,6 +257,7 @@ class Udmabuf:
         self.owners: tuple[int, ...] = tuple(dict.fromkeys(p.memfd.owner for p in pins))
         self.lock = machine.sched.lock("udmabuf.lock")
         self.attachments: list[DmaBufAttachment] = []
+        self.sg: SgTable | None = None
         self.cpu_syncs = 0
         self.released = False
 
@@ -304,15 +311,40 @@ class UdmabufOps(DmaBufOps):
         table.free()
 
     def begin_cpu_access(self, dmabuf: DmaBuf, direction: DmaDataDirection) -> None:
-        """``begin_cpu_udmabuf()``: sync every attachment for the CPU (coherent: counted)."""
+        """``begin_cpu_udmabuf()``: the first call creates the driver's own table (``ubuf->sg``).
+
+        The kernel builds ``ubuf->sg`` from the pinned pages on the first call (``get_sg_table``
+        for the misc device) and syncs it for the CPU on later calls. The model builds the table
+        (not DMA-mapped: the misc device is coherent and has no model ``DmaDev``) and, as its
+        own choice, also counts a CPU sync of every attachment (:attr:`Udmabuf.cpu_syncs`; all
+        model memory is coherent, so a sync moves no bytes).
+
+        Context: takes the udmabuf's lock; never blocks otherwise.
+        Raises: DmaBufError(ENOMEM / EINVAL) from building the table (not in practice).
+        Kernel: drivers/dma-buf/udmabuf.c, begin_cpu_udmabuf().
+        """
         ubuf: Udmabuf = dmabuf.priv
         with ubuf.lock:
+            if ubuf.sg is None:
+                ubuf.sg = SgTable.from_pages(ubuf.pages, size=ubuf.pagecount << PAGE_SHIFT)
             ubuf.cpu_syncs += len(ubuf.attachments)
 
     def end_cpu_access(self, dmabuf: DmaBuf, direction: DmaDataDirection) -> None:
-        """``end_cpu_udmabuf()``: sync every attachment for the device (coherent: counted)."""
+        """``end_cpu_udmabuf()``: ``EINVAL`` before the first begin, else sync for the device.
+
+        Context: takes the udmabuf's lock.
+        Raises: DmaBufError(EINVAL): no ``begin_cpu_access`` yet (no ``ubuf->sg``): the
+            driver has no mapping of its own to sync (``DMA_BUF_IOCTL_SYNC(END)`` before any
+            ``START``; verified on a real 6.12 kernel).
+        Kernel: drivers/dma-buf/udmabuf.c, end_cpu_udmabuf() (``if (!ubuf->sg) return
+            -EINVAL``).
+        """
         ubuf: Udmabuf = dmabuf.priv
         with ubuf.lock:
+            if ubuf.sg is None:
+                raise DmaBufError(errno.EINVAL, "udmabuf end_cpu_access before any "
+                                  "begin_cpu_access: the driver has no mapping of its own to "
+                                  "sync yet (issue DMA_BUF_SYNC_START first)")
             ubuf.cpu_syncs += len(ubuf.attachments)
 
     def mmap(self, dmabuf: DmaBuf, vma: Vma) -> None:
@@ -337,8 +369,11 @@ class UdmabufOps(DmaBufOps):
         vmap.close()
 
     def release(self, dmabuf: DmaBuf) -> None:
-        """``release_udmabuf()``: unpin every page."""
+        """``release_udmabuf()``: free the driver's own table (if any), unpin every page."""
         ubuf: Udmabuf = dmabuf.priv
+        sg, ubuf.sg = ubuf.sg, None
+        if sg is not None:
+            sg.free()
         ubuf.unpin_all()
 
 

@@ -201,6 +201,7 @@ def hmm_dma_map_free(dev: DmaDevice, m: HmmDmaMap) -> None:
     """Free the IOVA window and the lists — ``hmm_dma_map_free()`` (unmap every entry first).
 
     Raises: ContractViolation: entries are still mapped (the IOVA layer checks it).
+    Kernel: mm/hmm.c, hmm_dma_map_free().
     """
     if dma_use_iova(m.state):
         dma_iova_free(dev, m.state)
@@ -425,6 +426,7 @@ class Mirror:
             DmaBufError(EFAULT/EPERM): from :func:`hmm_range_fault`.
             DmaBufError(EREMOTEIO): a P2P page this device cannot reach.
             DmaBufError(EINVAL): outside the mirror.
+        Kernel: lib/test_hmm.c, dmirror_fault(), dmirror_range_fault(); Documentation/mm/hmm.rst.
         """
         start = addr & ~(PAGE_SIZE - 1)
         end = start + npages * PAGE_SIZE
@@ -573,12 +575,17 @@ class Mirror:
         Missing entries are faulted first (a device page fault); the DMA then runs under the
         mirror lock, so no invalidation can slip between the check and the transfer.
         Raises: see :meth:`fault`; IommuFault when a page changed owner behind the mirror.
+        Kernel: lib/test_hmm.c, dmirror_read(), dmirror_do_read().
         """
         out: np.ndarray = self._access(addr, length, False, None)
         return out
 
     def write(self, addr: int, data: Any) -> None:
-        """The device writes ``data`` at ``addr`` of the process (``dmirror_write``)."""
+        """The device writes ``data`` at ``addr`` of the process (``dmirror_write``).
+
+        Raises: as :meth:`read` (write faults: ``EPERM`` on a read-only VMA).
+        Kernel: lib/test_hmm.c, dmirror_write(), dmirror_do_write().
+        """
         src = np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8) \
             if not isinstance(data, np.ndarray) else np.ascontiguousarray(data).view(np.uint8)
         self._access(addr, int(src.size), True, src.reshape(-1))
@@ -592,8 +599,11 @@ class Mirror:
         """Move pages to device-private memory — ``dmirror_migrate_to_device()``.
 
         Returns: pages migrated.
+        Context: takes ``mmap_lock`` for reading; may sleep.
         Raises: DmaBufError(EINVAL): outside the mirror / no VMA / no device memory;
             DmaBufError(ENOMEM): device memory full.
+        Kernel: lib/test_hmm.c, dmirror_migrate_to_device(), dmirror_migrate_alloc_and_copy(),
+            dmirror_migrate_finalize_and_map().
         """
         dev = self.dev
         if dev.pgmap is None:
@@ -623,7 +633,11 @@ class Mirror:
         return moved
 
     def close(self) -> None:
-        """Release the mirror: remove the notifier, unmap every entry, free the IOVA window."""
+        """Release the mirror: remove the notifier, unmap every entry, free the IOVA window.
+
+        Context: may sleep (waits for an invalidation in progress). Idempotent.
+        Kernel: lib/test_hmm.c, dmirror_fops_release() → mmu_interval_notifier_remove().
+        """
         if self.closed:
             return
         self.closed = True
@@ -707,7 +721,9 @@ class HmmMirror(Device):
     def mirror(self, mm: MmStruct, start: int, length: int) -> Mirror:
         """Open a mirror of ``[start, start + length)`` of ``mm`` (page aligned).
 
+        Context: may sleep (takes ``mmap_lock`` the first time the mm gets notifiers).
         Raises: DmaBufError(EINVAL): unaligned or empty; what the notifier insert raises.
+        Kernel: lib/test_hmm.c, dmirror_fops_open(), mmu_interval_notifier_insert().
         """
         if start % PAGE_SIZE or length <= 0 or length % PAGE_SIZE:
             raise DmaBufError(errno.EINVAL, "mirror range must be page aligned and non-empty")

@@ -157,6 +157,7 @@ def p2pdma_pgmaps(platform: Platform, pdev: PciDev) -> list[DevPagemap]:
     sysfs ``allocate`` file) registers them with the mm layer.
 
     Raises: DmaBufError(ENODEV): the device has no p2pmem.
+    Kernel: drivers/pci/p2pdma.c, pci_p2pdma_add_resource() → devm_memremap_pages().
     """
     p2p = pdev.p2pdma
     if p2p is None or p2p.pool is None or not p2p.pagemaps:
@@ -641,6 +642,10 @@ class Nvme(Device):
         User mappings of ``p2pmem/allocate`` are zapped (``pci_p2pdma_unmap_mappings``); pages
         still pinned keep their page map registered (the kernel would wait for them) and a WARN
         is recorded.
+
+        Context: may sleep (drains the ``io`` ring).
+        Kernel: drivers/nvme/host/pci.c, nvme_remove(); drivers/pci/p2pdma.c, devm actions
+            pci_p2pdma_unmap_mappings() and pci_p2pdma_release().
         """
         if self.removed:
             return

@@ -329,7 +329,11 @@ def get_user_pages(mm: MmStruct, start: int, nr_pages: int, gup_flags: int = 0) 
 
 def get_user_pages_fast(mm: MmStruct, start: int, nr_pages: int,
                         gup_flags: int = 0) -> GupPages:
-    """:func:`get_user_pages` taking the mmap lock itself — ``get_user_pages_fast()``."""
+    """:func:`get_user_pages` taking the mmap lock itself — ``get_user_pages_fast()``.
+
+    Context: must be called without the mmap lock; may sleep. Raises: as :func:`pin_user_pages`.
+    Kernel: mm/gup.c, get_user_pages_fast().
+    """
     gup_flags = _check_flags(gup_flags, "get_user_pages_fast")
     with mm.read_locked():
         return _gup(mm, start, nr_pages, gup_flags | FOLL_GET | FOLL_TOUCH)
@@ -359,6 +363,7 @@ def put_user_pages(pages: GupPages) -> None:
     """Drop the references of :func:`get_user_pages` pages — ``put_page()`` on each.
 
     Raises: ContractViolation: released twice, or pinned pages (use unpin_user_pages).
+    Kernel: include/linux/mm.h, put_page() (folio_put).
     """
     if not isinstance(pages, GupPages):
         raise TypeError(f"pages must be a GupPages, not {type(pages).__name__}")

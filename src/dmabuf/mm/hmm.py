@@ -244,6 +244,10 @@ def _build_luts() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 _LUT_CPU, _LUT_PFNMASK, _LUT_ACT = _build_luts()
+#: Entries whose action needs the general path (waits, errors, owner checks).
+_LUT_HARD = np.array([bool(v & (PTE_MIGRATION | PTE_DEVICE_PRIVATE))
+                      or (bool(v & PTE_PRESENT) and bool(v & PTE_SPECIAL)
+                          and not v & PTE_ZERO) for v in range(1 << 9)], dtype=bool)
 
 
 def _walk_vma(rng: HmmRange, mm: MmStruct, vma: Vma, lo: int, hi: int, s: np.ndarray,
@@ -267,11 +271,31 @@ def _walk_vma(rng: HmmRange, mm: MmStruct, vma: Vma, lo: int, hi: int, s: np.nda
         rc = 0 if not d & HMM_PFN_REQ_FAULT else (2 if d & HMM_PFN_REQ_WRITE else 1)
         with mm.pt_locked():
             vp = vma.pte[i0:i1]
-            if not bool(_LUT_ACT[rc][vp].any()):
+            act_u = _LUT_ACT[rc][vp]
+            if not bool(act_u.any()):
                 # fast path: every page is final; outputs by table lookup, under the PTL
                 s &= _INOUT
                 s |= (vma.pfn[i0:i1] & _LUT_PFNMASK[vp]) | _LUT_CPU[vp]
                 return
+            simple = not bool((_LUT_HARD[vp] & act_u).any())
+            if simple:
+                first = int(np.argmax(act_u))
+                sf = s[:first]
+                sf &= _INOUT
+                sf |= (vma.pfn[i0:i0 + first] & _LUT_PFNMASK[vp[:first]]) | \
+                    _LUT_CPU[vp[:first]]
+        if simple:
+            # every pending action is a plain fault: fault them all, then rescan (-EBUSY)
+            addr = lo + (first << PAGE_SHIFT)
+            write = rc == 2
+            if write and not vma.flags & VM_WRITE:
+                raise DmaBufError(errno.EPERM, f"hmm_range_fault: write fault requested on "
+                                  f"read-only {vma!r} at {addr:#x}")
+            ret = mm._fault_pages(vma, np.flatnonzero(act_u) + i0, write)
+            if ret & VM_FAULT_ERROR:
+                raise DmaBufError(errno.EFAULT, f"hmm_range_fault: handle_mm_fault failed at "
+                                  f"{addr:#x}")
+            raise _Again(addr)
     with mm.pt_locked():
         pte = vma.pte[i0:i1].copy()
         pfn = vma.pfn[i0:i1].copy()

@@ -76,7 +76,7 @@ import numpy as np
 
 from dmabuf.errors import ContractViolation, DmaBufError
 from dmabuf.machine import Machine, current_machine
-from dmabuf.mm.memfd import MemFd, MemFdMapping
+from dmabuf.mm.memfd import F_SEAL_FUTURE_WRITE, F_SEAL_WRITE, MemFd, MemFdMapping
 from dmabuf.mm.memremap import (
     MemoryType,
     MemRemap,
@@ -653,6 +653,8 @@ class MmStruct:
             writable = kind == MAP_SHARED and bool(prot & PROT_WRITE)
             mapping = file.mmap(offset, length, writable=writable)
             fileref = _FileRef(mapping, owned)
+            if kind == MAP_SHARED and file.get_seals() & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE):
+                vm_flags &= ~VM_MAYWRITE        # memfd_check_seals_mmap(): never writable
         self.mmap_write_lock()
         try:
             if flags & MAP_FIXED:
@@ -708,6 +710,7 @@ class MmStruct:
         """Fault in every page of the range — ``mm_populate()`` / ``MADV_POPULATE_(READ|WRITE)``.
 
         Raises: DmaBufError(EFAULT): unmapped range / SIGBUS; (EPERM) write to a read-only VMA.
+        Kernel: mm/gup.c, populate_vma_page_range(); mm/madvise.c, madvise_populate().
         """
         addr, end = self._span(addr, length)
         with self.read_locked():
@@ -1224,8 +1227,10 @@ class MmStruct:
     def read(self, addr: int, length: int) -> np.ndarray:
         """CPU reads ``length`` bytes at virtual ``addr`` (faulting pages in) — ``copy_from_user``.
 
+        Context: takes ``mmap_lock`` for reading (the fault path); may sleep.
         Returns: a new ``uint8`` array.
         Raises: DmaBufError(EFAULT): unmapped / PROT_NONE (SIGSEGV), SIGBUS, failed migration.
+        Kernel: arch/x86/mm/fault.c, do_user_addr_fault() → handle_mm_fault(); copy_from_user.
         """
         length = _int(length, "length")
         if length < 0:
@@ -1235,7 +1240,9 @@ class MmStruct:
     def write(self, addr: int, data: Any) -> None:
         """CPU writes ``data`` at virtual ``addr`` (faults, COW, migrate back) — ``copy_to_user``.
 
+        Context: takes ``mmap_lock`` for reading (the fault path); may sleep.
         Raises: DmaBufError(EFAULT): unmapped or read-only (SIGSEGV), SIGBUS.
+        Kernel: arch/x86/mm/fault.c, do_user_addr_fault() → handle_mm_fault(); copy_to_user.
         """
         src = _as_u8(data)
         self._access(addr, int(src.size), True, lambda r: self.phys.write(r, src))
@@ -1285,6 +1292,9 @@ class MmStruct:
 
         Classic notifiers get ``release``; every VMA is unmapped under ``MMU_NOTIFY_UNMAP``
         invalidations (interval subscribers see them). Idempotent.
+
+        Context: takes ``mmap_lock`` for writing; may sleep (notifier callbacks).
+        Kernel: kernel/fork.c, mmput(); mm/mmap.c, exit_mmap().
         """
         if self.users <= 0:
             return

@@ -108,3 +108,35 @@ __all__ = [
     "pcie_link",
     "transfer",
 ]
+
+# --- scenarios, the runner, reports and pictures (issue #7) -----------------------------------
+# dmabuf.sim.scenario (the TOML format, docs/scenarios.md), dmabuf.sim.pci_fabric (a PCI topology
+# as a timing fabric), dmabuf.sim.verify (end-to-end byte checks), dmabuf.sim.actors and
+# dmabuf.sim.runner (running a scenario on the controlled scheduler with the device drivers),
+# dmabuf.sim.report (the report, its schema check, rich tables), dmabuf.sim.plot (PNG timeline,
+# DOT fabric), dmabuf.sim.compare (importer modes x representations).
+from dmabuf.sim.pci_fabric import PciFabric, fabric_from_topology
+from dmabuf.sim.report import render, strip_wall_times, to_json, validate_report
+from dmabuf.sim.runner import run_scenario
+from dmabuf.sim.scenario import (
+    Scenario,
+    ScenarioError,
+    load_demo,
+    load_scenario,
+    loads_scenario,
+)
+
+__all__ += [
+    "PciFabric",
+    "Scenario",
+    "ScenarioError",
+    "fabric_from_topology",
+    "load_demo",
+    "load_scenario",
+    "loads_scenario",
+    "render",
+    "run_scenario",
+    "strip_wall_times",
+    "to_json",
+    "validate_report",
+]

@@ -424,6 +424,8 @@ class Import:
         self._seqno = 0
         self.direction = DmaDataDirection.BIDIRECTIONAL
         self.error: DmaBufError | None = None
+        #: ``attach->peer2peer`` as the exporter left it (recorded at map time).
+        self.peer2peer: bool | None = None
 
     # ------------------------------------------------------------------ attach / map
     def do_attach(self) -> None:
@@ -671,12 +673,16 @@ class MrImport(Import):
     def sync_stats(self) -> float:
         """Copy the driver's counters; return the modelled seconds of new page faults."""
         mr = self.mr
+        p = self.hr.params
+        new_inv = int(mr.invalidations) - self.stats.invalidations
         self.stats.invalidations = int(mr.invalidations)
+        inv_cost = p.invalidate_cost(new_inv) if new_inv > 0 else 0.0
+        self.stats.invalidate_time += inv_cost
         new = int(mr.faults) - self._faults_charged
         self._faults_charged = int(mr.faults)
         self.stats.faults = int(mr.faults)
         self.revoked = bool(mr.umem.revoked)
-        return self.hr.params.odp_fault_cost(new) if new > 0 else 0.0
+        return (p.odp_fault_cost(new) if new > 0 else 0.0) + inv_cost
 
     def detach(self) -> None:
         from dmabuf.devices.rdma.mr import mlx5_ib_dereg_mr

@@ -90,9 +90,7 @@ def _attachment(hr: HostRun, key: tuple[str, str]) -> dict[str, Any]:
                 "remap_time": st.remap_time, "invalidate_time": st.invalidate_time,
                 "locations": list(st.locations), "pinned": imp.pinned or spec.mode == "pinned",
                 "revoked": imp.revoked,
-                "peer2peer": None if imp.attach is None and m is None else
-                bool(getattr(imp.attach, "peer2peer", False)) if imp.attach is not None
-                else None})
+                "peer2peer": imp.peer2peer})
     buf_spec = hr.host.buffer(spec.buffer)
     pins = spec.mode in ("static", "pinned", "revocable") and imp.error is None
     if pins and m is not None and m.location == "vram":
@@ -197,7 +195,12 @@ def host_section(hr: HostRun, modelled: float, wall: float) -> dict[str, Any]:
     failures = list(hr.failures)
     for f in faults:
         failures.append(f"DMA fault on {f['device']} ({f['op']}): {f['message']}")
-    missing = sorted({f"{d['name']}: {d['detail']}" for d in devices if d["status"] == "missing"})
+    missing = [f"device {d['name']}: {d['detail']}" for d in devices
+               if d["status"] == "missing"]
+    missing += [f"import {a['buffer']}@{a['device']}: {a['detail']}" for a in attachments
+                if a["status"] == "missing"]
+    missing += [f"event {e['label']}: {e['detail']}" for e in hr.events
+                if e.get("outcome") == "missing"]
     bytes_moved = sum(s["bytes"] for s in streams)
     verified = sum(s["bytes_verified"] for s in streams)
     topo = hr.topo

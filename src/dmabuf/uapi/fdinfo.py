@@ -18,14 +18,23 @@ lists every dma-buf of the system::
     size    \\tflags   \\tmode    \\tcount   \\texp_name\\tino     \\tname
     <size %08zu>\\t<f_flags %08x>\\t<f_mode %08x>\\t<count %08ld>\\t<exp_name>\\t
         <ino %08lu>\\t<name|<none>>                                  (one line)
-    \\t<usage> fence:<driver> <timeline> seq <seqno> [un]signalled     (one per fence of the resv)
+    \\t<usage> fence:<fence description>                              (one per fence of the resv)
     \\tAttached Devices:
     \\t<device name>                                                  (one per attachment)
     Total <n> devices attached
     (blank line)
     \\nTotal <n> objects, <bytes> bytes
 
-(``count`` here is ``file_count()`` itself, without fdinfo's ``- 1``.)
+(``count`` here is ``file_count()`` itself, without fdinfo's ``- 1``.) The fence description is
+``dma_fence_describe()``'s, whose format changed (both are parsed, see :class:`BufInfoFence`)::
+
+    <driver> <timeline> seq <seqno> [un]signalled          up to the 6.12 family
+    <context>:<seqno> <timeline> <driver> [un]signalled    since "dma-buf: cleanup
+                                                           dma_fence_describe v3"
+                                                           (late 2025; in 7.1)
+
+The newer format leaves both names empty once the fence has signalled (a signalled fence's
+names may be gone: its ops can be detached), so such a line reads ``<ctx>:<seq>   signalled``.
 
 Kernel: drivers/dma-buf/dma-buf.c (dma_buf_show_fdinfo(), dma_buf_debug_show(),
 dmabuffs_dname()); drivers/dma-buf/dma-resv.c (dma_resv_describe());
@@ -169,13 +178,20 @@ def process_dmabufs(pid: int | str = "self",
 
 @dataclasses.dataclass(frozen=True)
 class BufInfoFence:
-    """One fence line of bufinfo — ``dma_resv_describe()`` / ``dma_fence_describe()``."""
+    """One fence line of bufinfo — ``dma_resv_describe()`` / ``dma_fence_describe()``.
+
+    Both formats of ``dma_fence_describe()`` are parsed: 6.12's ``driver timeline seq N`` (then
+    :attr:`context` is None) and the newer ``context:seqno timeline driver`` (then
+    :attr:`driver` and :attr:`timeline` are ``""`` for a signalled fence: the kernel prints no
+    names for it).
+    """
 
     usage: str  #: kernel, write, read or bookkeep
-    driver: str
-    timeline: str
+    driver: str  #: ``""`` for a signalled fence in the newer format
+    timeline: str  #: ``""`` for a signalled fence in the newer format
     seqno: int
     signalled: bool
+    context: int | None = None  #: the fence context (newer format only; None for 6.12 lines)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,7 +223,11 @@ class BufInfo:
 
 
 _OBJ_RE = re.compile(r"^(\d+)\t([0-9a-f]+)\t([0-9a-f]+)\t(-?\d+)\t(.*)\t(\d+)\t(.*)$")
+# dma_fence_describe() up to 6.12: "%s %s seq %llu %ssignalled" (driver, timeline).
 _FENCE_RE = re.compile(r"^\t(\w+) fence:\s?(.*) seq (\d+) (un)?signalled$")
+# Since "dma-buf: cleanup dma_fence_describe v3": "%llu:%llu %s %s %ssignalled" (context, seqno,
+# timeline, driver; both names "" once signalled).
+_FENCE_CTX_RE = re.compile(r"^\t(\w+) fence:(\d+):(\d+) (.*) (un)?signalled$")
 _ATT_RE = re.compile(r"^Total (\d+) devices attached$")
 _TOTAL_RE = re.compile(r"^Total (\d+) objects, (\d+) bytes$")
 
@@ -217,8 +237,23 @@ def _split_driver_timeline(s: str) -> tuple[str, str]:
     return driver, timeline
 
 
+def _parse_fence_line(line: str) -> BufInfoFence | None:
+    """One ``dma_resv_describe()`` line in either ``dma_fence_describe()`` format, or None."""
+    m = _FENCE_CTX_RE.match(line)
+    if m:
+        # "<timeline> <driver>": driver names carry no spaces, so split at the last one.
+        timeline, _, driver = m.group(4).rpartition(" ")
+        return BufInfoFence(m.group(1), driver, timeline, int(m.group(3)), m.group(5) is None,
+                            int(m.group(2)))
+    m = _FENCE_RE.match(line)
+    if m:
+        driver, timeline = _split_driver_timeline(m.group(2))
+        return BufInfoFence(m.group(1), driver, timeline, int(m.group(3)), m.group(4) is None)
+    return None
+
+
 def parse_bufinfo(text: str) -> BufInfo:
-    """Parse debugfs ``dma_buf/bufinfo``.
+    """Parse debugfs ``dma_buf/bufinfo`` (the fence lines of 6.12 and of later kernels).
 
     Args:
         text: the file's contents.
@@ -230,7 +265,8 @@ def parse_bufinfo(text: str) -> BufInfo:
         DmaBufError: EINVAL when the text does not follow the kernel's format (the line is
             quoted).
 
-    Kernel: drivers/dma-buf/dma-buf.c, dma_buf_debug_show().
+    Kernel: drivers/dma-buf/dma-buf.c, dma_buf_debug_show(); dma-resv.c, dma_resv_describe();
+        dma-fence.c, dma_fence_describe().
     """
     objects: list[BufInfoObject] = []
     cur: dict[str, object] | None = None
@@ -272,11 +308,9 @@ def parse_bufinfo(text: str) -> BufInfo:
         if cur is not None and line == "\tAttached Devices:":
             in_devices = True
             continue
-        m = _FENCE_RE.match(line)
-        if cur is not None and m and not in_devices:
-            driver, timeline = _split_driver_timeline(m.group(2))
-            fences.append(BufInfoFence(m.group(1), driver, timeline, int(m.group(3)),
-                                       m.group(4) is None))
+        fence = _parse_fence_line(line) if cur is not None and not in_devices else None
+        if fence is not None:
+            fences.append(fence)
             continue
         if cur is not None and in_devices and line.startswith("\t"):
             devices.append(line[1:])

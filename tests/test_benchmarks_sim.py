@@ -1,0 +1,50 @@
+"""Smoke test: the scenario-runner benchmarks (benchmarks/bench_sim.py) run in quick mode."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from dmabuf.bench import BenchResult
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_sim.py"
+
+
+def _module() -> ModuleType:
+    name = "_dmabuf_bench_bench_sim"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, BENCH)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("fn", ["bench_events", "bench_bytes"])
+def test_benchmark_runs_quick_and_reports_finite_positive_figures(fn: str) -> None:
+    r = getattr(_module(), fn)(True)
+    assert isinstance(r, BenchResult) and r.name.startswith("sim.runner.")
+    for v in (r.figure, r.baseline, r.ratio):
+        assert math.isfinite(v) and v > 0
+    assert r.target is not None and r.unit and r.baseline_name
+
+
+def test_quick_scenario_has_100_flows_and_full_one_1000() -> None:
+    mod = _module()
+    assert mod.scenario(10).total_bytes == 100 * (256 << 10)
+    full = mod.scenario(100)
+    assert sum(s.count for s in full.hosts[0].streams) == 1000
+
+
+def test_benchmarks_are_registered() -> None:
+    from dmabuf.bench import registry
+
+    _module()
+    assert {"sim.runner.events", "sim.runner.bytes"} <= set(registry())
