@@ -83,7 +83,7 @@ from dmabuf.machine import Machine, current_machine
 from dmabuf.mm.memfd import F_SEAL_FUTURE_WRITE, F_SEAL_SHRINK, F_SEAL_WRITE, MFD_CLOEXEC, MemFd
 from dmabuf.mm.memfd import MemFdPin as _MemFdPin
 from dmabuf.mm.phys import PAGE_SHIFT, PAGE_SIZE, PhysMemory
-from dmabuf.mm.ranges import coalesce, slice_ranges
+from dmabuf.mm.ranges import RANGE_DTYPE, coalesce, slice_ranges
 
 __all__ = [
     "SEALS_DENIED",
@@ -133,9 +133,10 @@ def _check_int(value: Any, what: str) -> int:
 
 
 class MemfdFileOps(FileOperations):
-    """``shmem_file_operations`` of a memfd: release drops the inode, lseek knows the size.
+    """``shmem_file_operations`` of a memfd: release drops the inode, lseek, mmap.
 
-    Kernel: mm/shmem.c, shmem_file_operations; fs/read_write.c, generic_file_llseek.
+    Kernel: mm/shmem.c, shmem_file_operations, shmem_mmap(); fs/read_write.c,
+    generic_file_llseek().
     """
 
     name = "memfd"
@@ -147,7 +148,14 @@ class MemfdFileOps(FileOperations):
         memfd.release()
 
     def llseek(self, file: File, offset: int, whence: int) -> int:
-        """``lseek``: SEEK_SET/CUR/END over the file size (``SEEK_END`` gives the size)."""
+        """``generic_file_llseek()``: SEEK_SET/CUR/END over the file size; moves ``f_pos``.
+
+        Returns: the new position (``SEEK_END`` with 0 gives the size), also stored in
+            ``file.f_pos`` (``vfs_setpos``).
+        Raises: DmaBufError(EINVAL): another ``whence`` (``SEEK_DATA``/``SEEK_HOLE`` are not
+            modelled), a negative result.
+        Kernel: fs/read_write.c, generic_file_llseek(), vfs_setpos().
+        """
         memfd: MemFd = file.private_data
         if whence == SEEK_SET:
             pos = offset
@@ -159,7 +167,56 @@ class MemfdFileOps(FileOperations):
             raise DmaBufError(errno.EINVAL, f"lseek: whence {whence} not supported")
         if pos < 0:
             raise DmaBufError(errno.EINVAL, "lseek: negative resulting offset")
+        file.f_pos = pos
         return pos
+
+    def mmap(self, file: File, vma: Vma) -> None:
+        """``shmem_mmap()``: map the memfd's pages (shared pages, the write-seal rules).
+
+        A writable shared mapping (``vma.vm_write``, default True, and ``vma.shared``) of a
+        memfd sealed with ``F_SEAL_WRITE``/``F_SEAL_FUTURE_WRITE`` is ``EPERM``, and while it
+        exists ``F_SEAL_WRITE`` is ``EBUSY`` (:meth:`~dmabuf.mm.memfd.MemFd.mmap`). The whole
+        pages of ``[pgoff, pgoff + length)`` inside the file are allocated and **pinned** while
+        mapped, and ``vma.view`` is a :class:`~dmabuf.buf.phys_vec.PhysView` over them; the
+        rest (past the last whole page of the file) has no pages in the view. ``vma.vm_close``
+        (unpin, ``munmap``) must be called once by whoever unmaps the VMA.
+
+        Deliberate differences (docs/model-vs-kernel.md, "uAPI parity"): pages are pinned for
+        the mapping's life instead of faulted in, so ``F_SEAL_WRITE`` is ``EBUSY`` even with
+        only read-only mappings, truncation leaves the mapping on the old pages instead of
+        ``SIGBUS``, and a partial page at EOF is not in the view.
+
+        Args:
+            file: the memfd's file.
+            vma: the mapping (``length``, ``pgoff``, ``shared``; ``vm_write`` if set).
+        Context: takes the memfd's lock; may allocate pages.
+        Raises: DmaBufError(EINVAL): zero length; DmaBufError(EPERM): writable shared mapping
+            of a write-sealed memfd.
+        Kernel: mm/shmem.c, shmem_mmap(); mm/memfd.c, memfd_check_seals_mmap().
+        """
+        memfd: MemFd = file.private_data
+        writable = bool(vma.shared and getattr(vma, "vm_write", True))
+        start = vma.pgoff << PAGE_SHIFT
+        mapping = memfd.mmap(start, vma.length, writable=writable)
+        # memfd_pin_folios() pins whole pages inside i_size: a partial page at EOF stays out.
+        end = min(start + vma.length, memfd.size // PAGE_SIZE * PAGE_SIZE)
+        pin: _MemFdPin | None = None
+        if end > start:
+            try:
+                pin = memfd.pin_pages(start, end - start)
+            except BaseException:
+                mapping.munmap()
+                raise
+        ranges = pin.ranges() if pin is not None else np.zeros(0, dtype=RANGE_DTYPE)
+        vma.view = PhysView(memfd.phys, ranges, writable=writable)
+        vma.file = file
+
+        def vm_close() -> None:
+            mapping.munmap()
+            if pin is not None:
+                pin.unpin()
+
+        vma.vm_close = vm_close              # type: ignore[attr-defined]
 
 
 def memfd_create(phys: PhysMemory, name: str = "", flags: int = 0, *,

@@ -141,6 +141,7 @@ class _StreamState:
     errors: list[str] = field(default_factory=list)
     stopped: str | None = None
     status: str = "ok"
+    checked: bool = False
 
 
 class HostRun:
@@ -183,6 +184,7 @@ class HostRun:
         self._lookup: Callable[[int], tuple[str, str]] | None = None
         self._pds: dict[str, Any] = {}
         self._qps: dict[str, tuple[Any, Any, Any, Any]] = {}
+        self._attached: dict[tuple[str, str], Any] = {}
         self.t0 = 0.0
         self.event_handlers: dict[str, Callable[[HostRun, EventSpec], str]] = {
             "reset": _vfio_reset, "revoke": _vfio_revoke, "unrevoke": _vfio_unrevoke}
@@ -346,6 +348,11 @@ class HostRun:
                     tasks.append(m.sched.spawn(self._worker, st, k, name=f"{st.name}.{k}"))
             for ev in host.events:
                 tasks.append(m.sched.spawn(self._event, ev, name=f"event{ev.index}"))
+            for i in host.imports:
+                if i.at > 0:
+                    self._attached[i.key] = m.sched.event(f"import.{i.buffer}@{i.device}")
+                    tasks.append(m.sched.spawn(self._late_import, i,
+                                               name=f"import.{i.buffer}@{i.device}"))
             for t in tasks:
                 t.join()
             for t in tasks:
@@ -387,58 +394,96 @@ class HostRun:
             self.exports[b.name] = exp
             self.buffer_status[b.name] = "ok"
         for i in host.imports:
-            key = i.key
-            if i.buffer not in self.exports:
-                self.import_status[key] = ("missing", f"buffer {i.buffer}: "
-                                           f"{self.buffer_status.get(i.buffer)}")
+            if i.at > 0:
+                self.import_status[i.key] = ("pending", f"attaches at {i.at * 1e6:g} us")
                 continue
-            if i.device not in self.devices:
-                self.import_status[key] = ("missing", f"device {i.device}: "
-                                           f"{self.missing.get(i.device)}")
-                continue
-            kind = host.device(i.device).kind
-            imp_cls: type[Import] = Import
-            if isinstance(self.exports[i.buffer], CmbExport):
-                imp_cls = P2pmemImport
-            elif kind == "nic":
-                imp_cls = MrImport
-            elif i.mode not in _GENERIC_MODES:
-                self.import_status[key] = ("missing", f"mode {i.mode} needs the {kind} "
-                                           "driver's own support (HMM mirror: mm/hmm), which "
-                                           "is not available")
-                continue
-            imp = imp_cls(self, i, self.exports[i.buffer], self.devices[i.device])
-            try:
-                imp.do_attach()
-                imp.map_initial()
-            except DmaBufError as e:
-                name = errno_name(e.errno or 0)
-                if i.expect == name:
-                    self.import_status[key] = ("expected-error", str(e))
-                else:
-                    self.import_status[key] = ("error", str(e))
-                    self.failures.append(f"{imp.name}: attach/map failed: {e}")
-                imp.error = e
-                self.imports[key] = imp
-                continue
-            if i.expect is not None:
-                self.import_status[key] = ("error", f"expected {i.expect}, but it succeeded")
-                self.failures.append(f"{imp.name}: expected {i.expect}, but the attach and map "
-                                     "succeeded")
-            else:
-                self.import_status[key] = ("ok", "")
-            self.imports[key] = imp
+            self._attach_import(i)
         for st in host.streams:
             state = _StreamState(st)
             self.streams[st.name] = state
-            for key in [(st.buffer, st.device)] + ([(st.peer_buffer, st.peer)]
-                                                   if st.peer and st.peer_buffer else []):
-                status, why = self.import_status.get((key[0], key[1]), ("missing", "?"))
-                if status != "ok":
-                    state.status = "missing" if status == "missing" else "error"
-                    state.stopped = f"import {key[0]}@{key[1]} is {status}: {why}"
-                    if status != "missing":
-                        self.failures.append(f"stream {st.name}: {state.stopped}")
+            late = [i for i in host.imports if i.at > 0 and i.key in (
+                (st.buffer, st.device), (st.peer_buffer, st.peer))]
+            if not late:
+                self._check_stream_imports(state)
+
+    def _attach_import(self, i: Any) -> None:
+        """Attach and first-map one ``[[import]]``; record its status."""
+        host = self.host
+        key = i.key
+        if i.buffer not in self.exports:
+            self.import_status[key] = ("missing", f"buffer {i.buffer}: "
+                                       f"{self.buffer_status.get(i.buffer)}")
+            return
+        if i.device not in self.devices:
+            self.import_status[key] = ("missing", f"device {i.device}: "
+                                       f"{self.missing.get(i.device)}")
+            return
+        kind = host.device(i.device).kind
+        imp_cls: type[Import] = Import
+        if isinstance(self.exports[i.buffer], CmbExport):
+            imp_cls = P2pmemImport
+        elif kind == "nic":
+            imp_cls = MrImport
+        elif i.mode not in _GENERIC_MODES:
+            self.import_status[key] = ("missing", f"mode {i.mode} needs the {kind} "
+                                       "driver's own support (HMM mirror: mm/hmm), which "
+                                       "is not integrated")
+            return
+        imp = imp_cls(self, i, self.exports[i.buffer], self.devices[i.device])
+        try:
+            imp.do_attach()
+            imp.map_initial()
+        except DmaBufError as e:
+            name = errno_name(e.errno or 0)
+            if i.expect == name:
+                self.import_status[key] = ("expected-error", str(e))
+            else:
+                self.import_status[key] = ("error", str(e))
+                self.failures.append(f"{imp.name}: attach/map failed: {e}")
+            imp.error = e
+            self.imports[key] = imp
+            return
+        if i.expect is not None:
+            self.import_status[key] = ("error", f"expected {i.expect}, but it succeeded")
+            self.failures.append(f"{imp.name}: expected {i.expect}, but the attach and map "
+                                 "succeeded")
+        else:
+            self.import_status[key] = ("ok", "")
+        self.imports[key] = imp
+
+    def _late_import(self, i: Any) -> None:
+        """Attach an import at its ``at`` time (its own thread)."""
+        sched = self.machine.sched
+        now = sched.now()
+        if self.t0 + i.at > now:
+            sched.sleep(self.t0 + i.at - now)
+        try:
+            self._attach_import(i)
+        finally:
+            self._attached[i.key].set()
+
+    def _check_stream_imports(self, state: _StreamState) -> bool:
+        """Whether the stream's imports are usable; waits for late ones to attach. Records
+        the reason once when they are not."""
+        st = state.spec
+        keys = [(st.buffer, st.device)] + ([(st.peer_buffer, st.peer)]
+                                           if st.peer and st.peer_buffer else [])
+        for key in keys:
+            ev = self._attached.get((key[0], key[1]))
+            if ev is not None:
+                ev.wait(what=f"import {key[0]}@{key[1]} attaching")
+        if state.checked:
+            return state.status == "ok" and not state.stopped
+        state.checked = True
+        for key in keys:
+            status, why = self.import_status.get((key[0], key[1]), ("missing", "?"))
+            if status != "ok":
+                state.status = "missing" if status == "missing" else "error"
+                state.stopped = f"import {key[0]}@{key[1]} is {status}: {why}"
+                if status != "missing":
+                    self.failures.append(f"stream {st.name}: {state.stopped}")
+                return False
+        return True
 
     # ------------------------------------------------------------------ streams
     def _worker(self, st: StreamSpec, k: int) -> None:
@@ -447,6 +492,8 @@ class HostRun:
         if self.t0 + st.start > now:
             sched.sleep(self.t0 + st.start - now)
         state = self.streams[st.name]
+        if state.status == "ok" and not state.stopped and not self._check_stream_imports(state):
+            return
         for i in range(k, st.count, st.concurrency):
             if state.stopped:
                 return

@@ -161,7 +161,7 @@ _TOPO_KEYS = {"source", "inline", "iommu", "ram", "acs"}
 _DEVICE_KEYS = {"name", "endpoint", "kind", "params", "vram", "gtt", "odp", "gbps", "hbm",
                 "bar"}
 _BUFFER_KEYS = {"name", "exporter", "size", "placement", "fill"}
-_IMPORT_KEYS = {"buffer", "device", "mode", "repr", "expect"}
+_IMPORT_KEYS = {"buffer", "device", "mode", "repr", "expect", "at"}
 _STREAM_KEYS = {"name", "device", "buffer", "direction", "size", "count", "concurrency",
                 "start", "gap", "peer", "peer_buffer"}
 _EVENT_KEYS = {"at", "action", "device", "buffer", "bytes", "port", "ctrl", "note"}
@@ -267,7 +267,9 @@ class ImportSpec:
     """``[[import]]``: ``device`` attaches to ``buffer`` in ``mode``, mapping as ``repr``.
 
     ``expect``: an errno name (``"EOPNOTSUPP"``) when the attach or first map is *meant* to fail
-    (a negative case the report shows as expected).
+    (a negative case the report shows as expected). ``at``: when the importer attaches, in
+    modelled seconds from the workload start (0: during setup) — an ACS change before it is seen
+    by its P2P decision, not by decisions cached earlier.
     """
 
     buffer: str
@@ -276,6 +278,7 @@ class ImportSpec:
     repr: str
     expect: str | None
     line: int
+    at: float = 0.0
 
     @property
     def key(self) -> tuple[str, str]:
@@ -935,7 +938,8 @@ def _imports(ctx: _Ctx, where: _Where, host: Mapping[str, Any], host_line: int |
         if (buf, dev) in seen:
             raise t.fail("buffer", f"{dev} already imports {buf!r} (line {seen[(buf, dev)]})")
         seen[(buf, dev)] = t.line
-        out.append(ImportSpec(buf, dev, mode, rep, expect, t.line or 1))
+        at = t.duration("at", 0.0)
+        out.append(ImportSpec(buf, dev, mode, rep, expect, t.line or 1, at))
     return out
 
 
@@ -966,6 +970,14 @@ def _streams(ctx: _Ctx, where: _Where, host: Mapping[str, Any], host_line: int |
         if imp.expect is not None:
             raise t.fail("buffer", f"the import of {buf!r} by {dev} is expected to fail "
                          f"({imp.expect}); a stream cannot use it")
+        start_at = t.duration("start", 0.0)
+        pkey = (str(t.data.get("peer_buffer")), str(t.data.get("peer")))
+        late = [i for i in (imp, imports.get(pkey)) if i is not None and i.at > start_at]
+        if late:
+            raise t.fail("start" if t.has("start") else "buffer",
+                         f"the stream starts at {start_at * 1e6:g} us, before the import of "
+                         f"{late[0].buffer!r} by {late[0].device} attaches (at = "
+                         f"{late[0].at * 1e6:g} us); start it later")
         direction = t.text("direction", "read", choices=DIRECTIONS)
         size = t.size("size")
         if size % PAGE_SIZE:
