@@ -188,3 +188,35 @@ def test_stream_checksum_is_order_independent_and_does_not_cancel() -> None:
     assert a.hex == b.hex and a.transfers == 4
     # same bytes at indices whose XOR is zero would cancel an XOR combination; a sum does not
     assert a.value != 0
+
+
+def test_acs_change_affects_only_decisions_made_after_it() -> None:
+    r = run_scenario(load_scenario(ROOT / "examples" / "acs.toml"))
+    assert r["ok"] is True
+    h = r["hosts"][0]
+    att = {(a["buffer"], a["device"]): a for a in h["attachments"]}
+    pf, vf = att[("act", "nic0")], att[("act", "vf0")]
+    # NIC0's decision was cached before the ACS write: still BUS_ADDR, through the switch.
+    assert (pf["p2p_decision"], pf["map_type"], pf["iommu"]) == ("BUS_ADDR", "BUS_ADDR", False)
+    # The VF attached after it: redirected upstream, through the root complex and the IOMMU.
+    assert (vf["p2p_decision"], vf["map_type"], vf["iommu"]) == (
+        "THRU_HOST_BRIDGE", "THRU_HOST_BRIDGE", True)
+    assert vf["path"] == ["gpu0.mem", "gpu0", "sw0", "hb0", "sw0", "nic0"]
+    (acs,) = h["events"]
+    assert acs["action"] == "acs" and "cached" in acs["detail"]
+    streams = {s["name"]: s for s in h["streams"]}
+    assert streams["vf"]["start"] >= 200e-6 - 1e-12
+    assert all(s["bytes_verified"] == 16 << 20 for s in streams.values())
+    # the redirected path crosses the root port twice: up and back down
+    links = {(lk["link"], lk["direction"]) for lk in h["links"]}
+    assert {("rp0", "up"), ("rp0", "down")} <= links
+
+
+def test_a_stream_may_not_start_before_its_import_attaches() -> None:
+    text = (ROOT / "examples" / "acs.toml").read_text().replace('start = "200us"',
+                                                                'start = "150us"')
+    from dmabuf.sim.scenario import ScenarioError
+
+    with pytest.raises(ScenarioError, match=r"acs.toml:\d+: stream 'vf': the stream starts at "
+                                            r"150 us, before the import of 'act' by vf0"):
+        loads_scenario(text, path="acs.toml")

@@ -32,13 +32,12 @@ It serves these paths:
 child for code run by :meth:`ModelBackend.run_child`.
 
 **ioctl arguments** are the C structures' bytes, exactly as the kernel sees them: dma-buf ioctls
-are decoded into the model's argument objects (``DmaBufSyncArg``…), heap and udmabuf ioctls are
-handed the raw bytes (those devices decode them themselves), vgem decodes like ``drm_ioctl``, and
-the sync_file ioctls (``SYNC_IOC_MERGE``, ``FILE_INFO``, ``SET_DEADLINE``) are decoded here and
-run :class:`~dmabuf.sync.sync_file.SyncFile`'s ``merge``/``info``/``set_deadline`` (the model's
-sync_file *file* provides poll and release only — an adapter the report names). Pointers inside
-structures (``sync_file_info.sync_fence_info``, ``drm_version.name``) are addresses of this
-process, written with ``ctypes``.
+are decoded into the model's argument objects (``DmaBufSyncArg``…); every other file gets the
+raw bytes and decodes them itself — the heap and udmabuf devices, the sync_file
+(:class:`~dmabuf.buf.dma_buf_file.SyncFileFileOps`: ``SYNC_IOC_MERGE``, ``FILE_INFO``,
+``SET_DEADLINE``) and vgem (like ``drm_ioctl``). Pointers inside structures
+(``sync_file_info.sync_fence_info``, ``drm_version.name``) are addresses of this process,
+written with ``ctypes``.
 
 **Memory is really shared.** The RAM region's backing is a host memfd mapped ``MAP_SHARED``, so
 ``mmap`` of a model dma-buf returns a host mapping whose pages *are* the buffer's model pages:
@@ -62,9 +61,10 @@ in-flight reference, like ``scm_fp_copy``/``receive_fd``). Files whose token was
 unread (truncation, a closed socket) are released by a sweep: the read end of their pipe
 reports ``POLLHUP``.
 
-**fork** (:meth:`ModelBackend.fork_process`) copies the fd table with its numbers and
-close-on-exec flags (every file +1 reference); :meth:`ModelBackend.run_child` runs a function as
-that child on a thread and exits it (closing its fds) afterwards.
+**fork** (:meth:`ModelBackend.fork_process`, :meth:`~dmabuf.buf.file.ProcessTable.fork`)
+copies the fd table with its numbers and close-on-exec flags (every file +1 reference);
+:meth:`ModelBackend.run_child` runs a function as that child on a thread and exits it
+(:meth:`~dmabuf.buf.file.Process.exit`: its fds closed, its ``/proc/<pid>`` gone) afterwards.
 
 Deliberate differences (docs/model-vs-kernel.md, "uAPI parity"): permissions are not checked
 (every caller is root); ``fork`` copies descriptors but not mappings; ``poll`` on several fds
@@ -77,9 +77,10 @@ the file's page / ``SIGBUS``; ``fcntl`` supports ``F_GETFD``,
 ``fstat`` fills only mode, inode and size; the host backing of ``ram0`` is swapped for a shared
 memfd right after the region is created (an adapter: ``PhysMemory`` has no backing hook).
 
-Adapters for rules missing below (reported to the layers' owners): the sync_file ioctls, mmap
-of a memfd, udmabuf's ``EINVAL`` for ``SYNC_END`` before any ``SYNC_START``
-(:class:`UdmabufOwnMappingOps`), and ``lseek`` not moving a dma-buf's ``f_pos``.
+The kernel rules are the model layers' own: the sync_file ioctls, ``mmap`` of a memfd
+(:class:`~dmabuf.buf.udmabuf.MemfdFileOps`), udmabuf's ``EINVAL`` for ``SYNC_END`` before any
+``SYNC_START``, whether ``lseek`` moves ``f_pos`` (the file's ``llseek``), fork and process exit.
+The one adapter left is the RAM backing swap above.
 
 Locking: none of its own beyond the SCM in-flight table's lock (held for dictionary updates);
 every call runs the model's functions, which take the kernel's locks. Calls may come from any
@@ -112,7 +113,6 @@ from typing import Any
 import numpy as np
 
 from dmabuf.backends.vgem import VgemDriver, VgemFileOps
-from dmabuf.buf.device import DmaDataDirection
 from dmabuf.buf.dma_buf import DmaBuf, Vma
 from dmabuf.buf.dma_buf_file import (
     DMA_BUF_IOCTL_EXPORT_SYNC_FILE,
@@ -128,16 +128,13 @@ from dmabuf.buf.dma_buf_file import (
     dma_buf_bufinfo,
     dma_buf_dname,
     dma_buf_poll_wait,
-    install_sync_file,
 )
 from dmabuf.buf.file import (
     EPOLLERR,
-    FIRST_FD,
     FMODE_READ,
     FMODE_WRITE,
     O_CLOEXEC,
     File,
-    FileOperations,
     Process,
     ProcessTable,
     current_process,
@@ -145,28 +142,17 @@ from dmabuf.buf.file import (
 from dmabuf.buf.heaps import DmaHeap, DmaHeapRegistry, system_heap_create
 from dmabuf.buf.phys_vec import PhysView
 from dmabuf.buf.udmabuf import (
-    Udmabuf,
     UdmabufDevice,
-    UdmabufOps,
     memfd_add_seals,
     memfd_create,
     memfd_get_seals,
 )
 from dmabuf.errors import DmaBufError
 from dmabuf.machine import Machine, current_machine
-from dmabuf.mm.memfd import MemFd, MemFdMapping, MemFdPin
+from dmabuf.mm.memfd import MemFd
 from dmabuf.mm.phys import PAGE_SHIFT, PAGE_SIZE, MemKind, PhysMemory, PhysRegion
 from dmabuf.sync.sync_file import SyncFile
 from dmabuf.uapi.backend import KernelBackend, MappedRegion
-from dmabuf.uapi.sync_file import (
-    SYNC_IOC_FILE_INFO,
-    SYNC_IOC_MERGE,
-    SYNC_IOC_SET_DEADLINE,
-    SyncFenceInfoStruct,
-    SyncFileInfoStruct,
-    SyncMergeData,
-    SyncSetDeadline,
-)
 
 __all__ = [
     "DEFAULT_RAM_SIZE",
@@ -174,7 +160,6 @@ __all__ = [
     "ModelBackend",
     "ModelKernel",
     "ModelMapping",
-    "UdmabufOwnMappingOps",
     "model_uapi_backend",
 ]
 
@@ -261,7 +246,6 @@ class ModelKernel:
         self.udmabuf: UdmabufDevice
         self.vgem: VgemDriver
         self.inflight = _ScmInflight()
-        self.dead_pids: set[int] = set()
         self._inos: weakref.WeakKeyDictionary[File, int] = weakref.WeakKeyDictionary()
         self._next_ino = 1 << 20
         self._ino_lock = threading.Lock()
@@ -288,8 +272,6 @@ class ModelKernel:
             if "system" not in m.state(DmaHeapRegistry).names():
                 system_heap_create(self.phys, region=self.ram, machine=m)
             self.udmabuf = m.state(UdmabufDevice)
-            if not isinstance(self.udmabuf.ops, UdmabufOwnMappingOps):
-                self.udmabuf.ops = UdmabufOwnMappingOps()
             self.vgem = VgemDriver(m, self.phys, self.ram)
             self.booted = True
 
@@ -304,44 +286,6 @@ class ModelKernel:
                 self._next_ino += 1
                 self._inos[f] = ino
             return ino
-
-
-class UdmabufOwnMappingOps(UdmabufOps):
-    """``udmabuf_ops`` with CPU access around the driver's own mapping (``ubuf->sg``) — adapter.
-
-    udmabuf.c keeps one sg_table of its own, created (and mapped for the misc device) by the
-    first ``begin_cpu_udmabuf()``; ``end_cpu_udmabuf()`` syncs it back and, **before any begin,
-    returns -EINVAL** (``if (!ubuf->sg) return -EINVAL``). The buffer layer's
-    :class:`~dmabuf.buf.udmabuf.UdmabufOps` syncs the importers' attachments instead (the
-    2024/2025 "udmabuf: Sync buffer mappings for attached devices" series, not known to be
-    merged) and never refuses an END. This adapter keeps those syncs and adds the kernel's
-    rule; the buffer layer's owner is asked to take it over (see the report).
-
-    Kernel: drivers/dma-buf/udmabuf.c, begin_cpu_udmabuf(), end_cpu_udmabuf().
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._own_sg: weakref.WeakSet[Udmabuf] = weakref.WeakSet()
-        self._sg_lock = threading.Lock()
-
-    def begin_cpu_access(self, dmabuf: DmaBuf, direction: DmaDataDirection) -> None:
-        """``begin_cpu_udmabuf()``: the first call creates the driver's own mapping."""
-        super().begin_cpu_access(dmabuf, direction)
-        with self._sg_lock:
-            self._own_sg.add(dmabuf.priv)
-
-    def end_cpu_access(self, dmabuf: DmaBuf, direction: DmaDataDirection) -> None:
-        """``end_cpu_udmabuf()``: ``EINVAL`` before the first begin (no ``ubuf->sg`` yet).
-
-        Raises: DmaBufError(EINVAL).
-        """
-        with self._sg_lock:
-            has_sg = dmabuf.priv in self._own_sg
-        if not has_sg:
-            raise _err(errno.EINVAL, "udmabuf end_cpu_access before any begin_cpu_access: the "
-                       "driver has no mapping of its own to sync yet (DMA_BUF_SYNC_START first)")
-        super().end_cpu_access(dmabuf, direction)
 
 
 def _share_backing(region: PhysRegion) -> int:
@@ -426,19 +370,17 @@ class _ScmInflight:
 class _VmaState:
     """What one model mapping holds: the VMA (file reference, view, hooks) and CPython's dup."""
 
-    def __init__(self, proc: Process, file: File, vma: Vma,
-                 hooks: list[Callable[[], None]]) -> None:
+    def __init__(self, proc: Process, file: File, vma: Vma) -> None:
         self.proc = proc
         self.file = file
         self.vma = vma
-        self.hooks = hooks
         self.vma_live = True
         self.dupfd: int | None = None
         self.dupfile: File | None = None
         self._lock = threading.Lock()
 
     def unmap_vma(self) -> None:
-        """``munmap`` of the VMA: the exporter's view, its close hooks, the file reference."""
+        """``munmap`` of the VMA: the exporter's view, ``vm_ops->close``, the file reference."""
         with self._lock:
             if not self.vma_live:
                 return
@@ -446,8 +388,6 @@ class _VmaState:
         view = self.vma.view
         if isinstance(view, PhysView):
             view.close()
-        for hook in self.hooks:
-            hook()
         close = getattr(self.vma, "vm_close", None)
         if callable(close):
             close()
@@ -559,11 +499,10 @@ class ModelBackend:
             n = int(pid)
         except ValueError:
             raise _err(errno.ENOENT, f"/proc/{pid}: no such process") from None
-        if n not in self.kernel.dead_pids:
-            for p in self.machine.state(ProcessTable):
-                if p.pid == n:
-                    return p
-        raise _err(errno.ENOENT, f"/proc/{pid}: no such process in the model")
+        p = self.machine.state(ProcessTable).find(n)
+        if p is None:
+            raise _err(errno.ENOENT, f"/proc/{pid}: no such process in the model")
+        return p
 
     # -- open/close/dup -------------------------------------------------------------------------
     def open(self, path: str, flags: int, mode: int = 0o600) -> int:
@@ -609,8 +548,6 @@ class ModelBackend:
         with self._file(fd) as f:
             if isinstance(f.fops, DmaBufFileOps):
                 return self._dmabuf_ioctl(f, request, arg)
-            if isinstance(f.fops, SyncFileFileOps):
-                return self._sync_file_ioctl(f, request, arg)
             ret = f.ioctl(request, arg)
             return int(ret) if isinstance(ret, int) else 0
 
@@ -635,75 +572,6 @@ class ModelBackend:
         else:
             f.ioctl(cmd, None)               # -ENOTTY
         return 0
-
-    def _sync_file_ioctl(self, f: File, cmd: int, arg: Any) -> int:
-        """``sync_file_ioctl()``: MERGE, FILE_INFO, SET_DEADLINE on the model's SyncFile.
-
-        Adapter: the model's sync_file file type provides poll and release only; the rules
-        (one fence per context, the two-pass FILE_INFO, the status folding) are
-        :class:`~dmabuf.sync.sync_file.SyncFile`'s.
-
-        Kernel: drivers/dma-buf/sync_file.c, sync_file_ioctl_merge(),
-            sync_file_ioctl_fence_info(), sync_file_ioctl_set_deadline().
-        """
-        sf: SyncFile = f.private_data
-        m = self.machine
-        if cmd == SYNC_IOC_MERGE:
-            mv = _user(arg, ctypes.sizeof(SyncMergeData), what="SYNC_IOC_MERGE")
-            d = SyncMergeData.from_buffer_copy(mv)
-            if d.flags or d.pad:
-                raise _err(errno.EINVAL, "SYNC_IOC_MERGE: flags and pad must be 0")
-            other = self._sync_file_of(d.fd2)
-            if other is None:
-                raise _err(errno.ENOENT, f"SYNC_IOC_MERGE: fd2 {d.fd2} is not a sync_file")
-            name = bytes(d.name).split(b"\0", 1)[0].decode("utf-8", "replace")
-            merged = sf.merge(other, name)
-            d.fence = install_sync_file(merged, O_CLOEXEC, machine=m)
-            _copy_back(mv, bytes(d), "SYNC_IOC_MERGE")
-            return 0
-        if cmd == SYNC_IOC_FILE_INFO:
-            mv = _user(arg, ctypes.sizeof(SyncFileInfoStruct), what="SYNC_IOC_FILE_INFO")
-            info = SyncFileInfoStruct.from_buffer_copy(mv)
-            if info.flags or info.pad:
-                raise _err(errno.EINVAL, "SYNC_IOC_FILE_INFO: flags and pad must be 0")
-            res = sf.info(num_fences=int(info.num_fences))
-            if info.num_fences:
-                out = (SyncFenceInfoStruct * max(1, res.num_fences))()
-                for i, fi in enumerate(res.fences):
-                    out[i].obj_name = fi.obj_name.encode()
-                    out[i].driver_name = fi.driver_name.encode()
-                    out[i].status = fi.status
-                    out[i].flags = fi.flags
-                    out[i].timestamp_ns = fi.timestamp_ns
-                size = ctypes.sizeof(SyncFenceInfoStruct) * res.num_fences
-                if size:
-                    if not info.sync_fence_info:
-                        raise _err(errno.EFAULT, "SYNC_IOC_FILE_INFO: sync_fence_info is NULL")
-                    ctypes.memmove(info.sync_fence_info, ctypes.addressof(out), size)
-            info.name = res.name.encode()
-            info.status = res.status
-            info.num_fences = res.num_fences
-            _copy_back(mv, bytes(info), "SYNC_IOC_FILE_INFO")
-            return 0
-        if cmd == SYNC_IOC_SET_DEADLINE:
-            mv = _user(arg, ctypes.sizeof(SyncSetDeadline), what="SYNC_IOC_SET_DEADLINE")
-            dl = SyncSetDeadline.from_buffer_copy(mv)
-            if dl.pad:
-                raise _err(errno.EINVAL, "SYNC_IOC_SET_DEADLINE: pad must be 0")
-            sf.set_deadline(dl.deadline_ns / 1e9)
-            return 0
-        raise _err(errno.ENOTTY, f"ioctl {cmd:#x} is not a sync_file ioctl")
-
-    def _sync_file_of(self, fd: int) -> SyncFile | None:
-        """``sync_file_fdget()``: the sync_file behind ``fd`` or None."""
-        try:
-            f = self.process.fds.lookup(int(fd))
-        except DmaBufError:
-            return None
-        if not isinstance(f.fops, SyncFileFileOps):
-            return None
-        sf: SyncFile = f.private_data
-        return None if sf.closed else sf
 
     # -- mmap ---------------------------------------------------------------------------------
     def mmap(self, fd: int, length: int, *, prot: int, flags: int,
@@ -736,20 +604,17 @@ class ModelBackend:
                            "writing (open it O_RDWR)")
             npages = -(-length // PAGE_SIZE)
             vma = Vma(length=npages << PAGE_SHIFT, pgoff=offset >> PAGE_SHIFT, shared=shared)
-            hooks: list[Callable[[], None]] = []
-            if isinstance(f.private_data, MemFd):
-                self._mmap_memfd(f.private_data, vma, shared and writable, hooks)
-            else:
-                f.mmap(vma)
+            vma.vm_write = writable              # type: ignore[attr-defined]  # VM_WRITE
+            f.mmap(vma)
             try:
                 region = self._host_map(vma, length, prot, shared)
             except BaseException:
-                _VmaState(proc, f.get(), vma, hooks).unmap_vma()
+                _VmaState(proc, f.get(), vma).unmap_vma()
                 raise
         except BaseException:
             f.put()
             raise
-        state = _VmaState(proc, f, vma, hooks)
+        state = _VmaState(proc, f, vma)
         region._state = state
         region._finalizer = weakref.finalize(region, state.release)
         try:
@@ -759,28 +624,6 @@ class ModelBackend:
             region.close()
             raise
         return region
-
-    def _mmap_memfd(self, memfd: MemFd, vma: Vma, writable: bool,
-                    hooks: list[Callable[[], None]]) -> None:
-        """``shmem_mmap()`` for the model's memfd files (adapter: their file type has no mmap)."""
-        start = vma.pgoff << PAGE_SHIFT
-        mapping: MemFdMapping = memfd.mmap(start, vma.length, writable=writable)
-        hooks.append(mapping.munmap)
-        # memfd_pin_folios() pins whole pages inside i_size: a partial page at EOF stays
-        # unmapped (zeros; see the module docstring).
-        end = min(start + vma.length, memfd.size // PAGE_SIZE * PAGE_SIZE)
-        pin: MemFdPin | None = None
-        if end > start:
-            try:
-                pin = memfd.pin_pages(start, end - start)
-            except BaseException:
-                mapping.munmap()
-                raise
-            hooks.append(pin.unpin)
-            vma.view = PhysView(self.kernel.phys, pin.ranges())
-        else:
-            vma.view = PhysView(self.kernel.phys, np.zeros(0, dtype=[("addr", "<u8"),
-                                                                     ("len", "<u8")]))
 
     def _host_map(self, vma: Vma, length: int, prot: int, shared: bool) -> ModelMapping:
         """A host mapping of ``length`` bytes whose pages are the VMA view's model pages."""
@@ -875,19 +718,15 @@ class ModelBackend:
     def lseek(self, fd: int, offset: int, whence: int) -> int:
         """lseek(2) — the file's llseek (``ESPIPE`` without one).
 
-        The file operation decides whether ``f_pos`` moves: ``generic_file_llseek`` (memfd)
-        stores the new position, ``dma_buf_llseek`` only *returns* one (fdinfo ``pos`` stays 0).
-        Adapter: :meth:`~dmabuf.buf.file.File.llseek` always stores it, so the position of a
-        dma-buf is restored here.
+        The file operation decides whether ``f_pos`` moves (:meth:`~dmabuf.buf.file.File.
+        llseek`): a memfd's stores the new position, ``dma_buf_llseek`` only *returns* one
+        (fdinfo ``pos`` stays 0).
 
+        Raises: DmaBufError: EBADF, ESPIPE, the operation's EINVAL.
         Kernel: fs/read_write.c, ksys_lseek() → vfs_llseek(); dma-buf.c, dma_buf_llseek().
         """
         with self._file(fd) as f:
-            pos = f.f_pos
-            ret = f.llseek(offset, whence)
-            if isinstance(f.fops, DmaBufFileOps):
-                f.f_pos = pos
-            return ret
+            return f.llseek(offset, whence)
 
     def fstat(self, fd: int) -> os.stat_result:
         """fstat(2): mode, inode (the dma-buf's ``ino``) and size; the rest 0.
@@ -1098,40 +937,21 @@ class ModelBackend:
 
     # -- processes ----------------------------------------------------------------------------
     def fork_process(self, name: str = "child") -> Process:
-        """``fork()``'s ``dup_fd``: a new process whose fd table is a copy of the current one.
+        """``fork()``: a new process whose fd table is a copy of the current one.
 
-        Same numbers, same close-on-exec flags, one more reference on every file. Mappings are
-        not copied (a deliberate difference).
+        :meth:`~dmabuf.buf.file.ProcessTable.fork`: same numbers, same close-on-exec flags, one
+        more reference on every file. Mappings are not copied (a deliberate difference).
 
-        Kernel: kernel/fork.c, copy_files() → dup_fd().
+        Kernel: kernel/fork.c, copy_process() → copy_files() → dup_fd().
         """
-        parent = self.process
-        child = self.machine.state(ProcessTable).spawn(name)
-        fds = parent.fds.fds()
-        holes: list[int] = []
-        top = max(fds, default=FIRST_FD - 1)
-        for n in range(FIRST_FD, top + 1):
-            f: File | None = None
-            flag = 0
-            if n in fds:
-                try:
-                    f = parent.fds.fget(n)
-                    flag = O_CLOEXEC if parent.fds.is_cloexec(n) else 0
-                except DmaBufError:
-                    f = None       # closed meanwhile
-            if f is None:
-                f = File(_PLACEHOLDER, None, machine=self.machine)
-                holes.append(n)
-            got = child.fds.install(f, flag)
-            assert got == n, (got, n)
-        for n in holes:
-            child.fds.close(n)
-        return child
+        return self.machine.state(ProcessTable).fork(self.process, name)
 
     def exit_process(self, proc: Process) -> None:
-        """Process exit: close every fd (``exit_files``); ``/proc/<pid>`` disappears."""
+        """Process exit: close every fd (``exit_files``); ``/proc/<pid>`` disappears.
+
+        Kernel: kernel/exit.c, do_exit() (:meth:`~dmabuf.buf.file.Process.exit`).
+        """
         proc.exit()
-        self.kernel.dead_pids.add(proc.pid)
 
     def run_child(self, fn: Callable[[], int], timeout: float = 20.0) -> int:
         """Run ``fn`` as a forked child (fd-table copy) on a thread; return its exit status.
@@ -1175,13 +995,6 @@ class ModelBackend:
         """
         self.kernel.inflight.sweep()
         return self.kernel.vgem.shutdown(timeout)
-
-
-class _PlaceholderOps(FileOperations):
-    name = "placeholder"
-
-
-_PLACEHOLDER = _PlaceholderOps()
 
 
 def _link_of(f: File) -> str:

@@ -23,7 +23,9 @@ User space sees a dma-buf only as a file descriptor. This module implements what
   (:func:`dma_buf_bufinfo`).
 * sync files as files: :func:`install_sync_file` / :func:`sync_file_get_fence` give a
   :mod:`dmabuf.sync.sync_file` object a descriptor and find it again (the sync layer below has
-  no file descriptors).
+  no file descriptors); :class:`SyncFileFileOps` is ``sync_file_fops``: poll, release and the
+  ioctls ``SYNC_IOC_MERGE``, ``SYNC_IOC_FILE_INFO`` and ``SYNC_IOC_SET_DEADLINE`` on the raw
+  structure bytes (the heap and udmabuf device files decode theirs the same way).
 
 The release of the file (``dma_buf_file_release`` then the dentry's ``dma_buf_release``) is
 :class:`DmaBufFileOps`'s ``release``/``dentry_release``; it calls back into
@@ -41,6 +43,7 @@ include/uapi/linux/dma-buf.h.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import math
 from dataclasses import dataclass
@@ -65,7 +68,17 @@ from dmabuf.mm.phys import PAGE_SHIFT
 from dmabuf.sync.dma_fence import DmaFence, DmaFenceCb, dma_fence_get_stub
 from dmabuf.sync.dma_fence_unwrap import dma_fence_unwrap_for_each
 from dmabuf.sync.dma_resv import DmaResvUsage, usage_rw
-from dmabuf.sync.sync_file import SyncFile, sync_file_create
+from dmabuf.sync.sync_file import (
+    SYNC_FENCE_INFO,
+    SYNC_FILE_INFO,
+    SYNC_IOC_FILE_INFO,
+    SYNC_IOC_MERGE,
+    SYNC_IOC_SET_DEADLINE,
+    SYNC_MERGE_DATA,
+    SYNC_SET_DEADLINE,
+    SyncFile,
+    sync_file_create,
+)
 
 if TYPE_CHECKING:
     from dmabuf.buf.dma_buf import DmaBuf, Vma
@@ -624,12 +637,21 @@ def _unwrap(fence: DmaFence) -> list[DmaFence]:
 
 
 class SyncFileFileOps(FileOperations):
-    """``sync_file_fops`` as far as the model needs it: poll and release.
+    """``sync_file_fops``: release, poll and the sync_file ioctls.
 
     ``poll`` is :meth:`SyncFile.poll` (``EPOLLIN`` once the fence has signalled); ``release``
-    is :meth:`SyncFile.close` (drops the fence reference).
+    is :meth:`SyncFile.close` (drops the fence reference); ``ioctl`` decodes the raw uAPI
+    structures (:mod:`dmabuf.sync.sync_file` has their layouts) and runs
+    :meth:`SyncFile.merge`, :meth:`SyncFile.info` and :meth:`SyncFile.set_deadline`, which own
+    the rules (one fence per context, the two-pass FILE_INFO, the status folding).
 
-    Kernel: drivers/dma-buf/sync_file.c, sync_file_fops, sync_file_poll(), sync_file_release().
+    The ioctl argument is the user buffer (a writable bytes-like object holding the
+    structure; results are written back into it). Pointers inside structures
+    (``sync_file_info.sync_fence_info``) are addresses in this process, written with
+    ``ctypes.memmove`` as ``copy_to_user`` would — give a valid one (or 0: ``EFAULT``).
+
+    Kernel: drivers/dma-buf/sync_file.c, sync_file_fops, sync_file_poll(), sync_file_release(),
+    sync_file_ioctl().
     """
 
     name = "sync_file"
@@ -644,6 +666,117 @@ class SyncFileFileOps(FileOperations):
         """``sync_file_poll()``: ``EPOLLIN`` when the fence has signalled, else 0."""
         sf: SyncFile = file.private_data
         return sf.poll() & (events | EPOLLERR)
+
+    def ioctl(self, file: File, cmd: int, arg: Any) -> Any:
+        """``sync_file_ioctl()``: ``SYNC_IOC_MERGE``, ``FILE_INFO``, ``SET_DEADLINE``.
+
+        Args:
+            file: the sync_file's file.
+            cmd: the request number.
+            arg: the user buffer holding the structure (``bytearray``; None is a NULL pointer).
+        Context: never blocks (MERGE allocates; the fd is installed in the current process).
+        Returns: 0 (MERGE writes the new fd into ``sync_merge_data.fence``).
+        Raises: DmaBufError: ENOTTY (another request); EFAULT (NULL, short or read-only user
+            buffer; NULL ``sync_fence_info`` pointer when fences are to be copied); EINVAL
+            (``flags``/``pad`` not 0; FILE_INFO ``num_fences`` too small); ENOENT (MERGE
+            ``fd2`` is not a sync_file); EMFILE.
+        Kernel: drivers/dma-buf/sync_file.c, sync_file_ioctl().
+        """
+        sf: SyncFile = file.private_data
+        if cmd == SYNC_IOC_MERGE:
+            return _sync_file_ioctl_merge(file, sf, arg)
+        if cmd == SYNC_IOC_FILE_INFO:
+            return _sync_file_ioctl_fence_info(sf, arg)
+        if cmd == SYNC_IOC_SET_DEADLINE:
+            return _sync_file_ioctl_set_deadline(sf, arg)
+        raise DmaBufError(errno.ENOTTY, f"ioctl {cmd:#x} is not a sync_file ioctl")
+
+
+def _user_buf(arg: Any, n: int, what: str) -> memoryview:
+    """``copy_from_user`` of ``n`` bytes: the user buffer, ``EFAULT`` when NULL or short."""
+    if arg is None:
+        raise DmaBufError(errno.EFAULT, f"{what}: NULL argument pointer")
+    try:
+        mv = memoryview(arg).cast("B")
+    except TypeError:
+        raise DmaBufError(errno.EFAULT, f"{what}: the argument must be a bytes-like user "
+                          "buffer (a bytearray)") from None
+    if len(mv) < n:
+        raise DmaBufError(errno.EFAULT, f"{what}: user buffer of {len(mv)} bytes, {n} needed")
+    return mv
+
+
+def _check_writable(mv: memoryview, what: str) -> None:
+    if mv.readonly:
+        raise DmaBufError(errno.EFAULT, f"{what}: read-only user buffer (pass a bytearray)")
+
+
+def _sync_file_fdget(fd: int, machine: Machine) -> File | None:
+    """``sync_file_fdget()``: a reference to the sync_file file behind ``fd``, or None."""
+    try:
+        f = current_process(machine).fds.fget(fd)
+    except DmaBufError:
+        return None
+    if not isinstance(f.fops, SyncFileFileOps):
+        f.put()
+        return None
+    return f
+
+
+def _sync_file_ioctl_merge(file: File, sf: SyncFile, arg: Any) -> int:
+    """``sync_file_ioctl_merge()``: a new sync_file fd on the merged fences (O_CLOEXEC)."""
+    what = "SYNC_IOC_MERGE"
+    mv = _user_buf(arg, SYNC_MERGE_DATA.size, what)
+    name, fd2, _fence, flags, pad = SYNC_MERGE_DATA.unpack_from(mv)
+    if flags or pad:
+        raise DmaBufError(errno.EINVAL, f"{what}: flags ({flags:#x}) and pad ({pad:#x}) must "
+                          "be 0")
+    f2 = _sync_file_fdget(fd2, file.machine)
+    if f2 is None:
+        raise DmaBufError(errno.ENOENT, f"{what}: fd2 {fd2} is not a sync_file")
+    try:
+        _check_writable(mv, what)       # the copy_to_user of the result would fail
+        raw: bytes = name[:31].split(b"\0", 1)[0]   # data.name[31] = '\0'
+        merged = sf.merge(f2.private_data, raw.decode("utf-8", "replace"))
+    finally:
+        f2.put()
+    fd = install_sync_file(merged, O_CLOEXEC, machine=file.machine)
+    mv[:SYNC_MERGE_DATA.size] = SYNC_MERGE_DATA.pack(name[:31], fd2, fd, flags, pad)
+    return 0
+
+
+def _sync_file_ioctl_fence_info(sf: SyncFile, arg: Any) -> int:
+    """``sync_file_ioctl_fence_info()``: name, status, count and (second pass) the fences."""
+    what = "SYNC_IOC_FILE_INFO"
+    mv = _user_buf(arg, SYNC_FILE_INFO.size, what)
+    _name, _status, flags, num_fences, pad, ptr = SYNC_FILE_INFO.unpack_from(mv)
+    if flags or pad:
+        raise DmaBufError(errno.EINVAL, f"{what}: flags ({flags:#x}) and pad ({pad:#x}) must "
+                          "be 0")
+    res = sf.info(num_fences=num_fences)
+    if num_fences and res.fences:
+        out = b"".join(SYNC_FENCE_INFO.pack(fi.obj_name.encode(), fi.driver_name.encode(),
+                                            fi.status, fi.flags, fi.timestamp_ns)
+                       for fi in res.fences)
+        if not ptr:
+            raise DmaBufError(errno.EFAULT, f"{what}: sync_fence_info is NULL but "
+                              f"{res.num_fences} fence(s) are to be copied")
+        ctypes.memmove(ptr, out, len(out))           # copy_to_user(u64_to_user_ptr(ptr))
+    _check_writable(mv, what)
+    mv[:SYNC_FILE_INFO.size] = SYNC_FILE_INFO.pack(res.name.encode(), res.status, flags,
+                                                   res.num_fences, pad, ptr)
+    return 0
+
+
+def _sync_file_ioctl_set_deadline(sf: SyncFile, arg: Any) -> int:
+    """``sync_file_ioctl_set_deadline()``: ``deadline_ns`` (CLOCK_MONOTONIC) as a hint."""
+    what = "SYNC_IOC_SET_DEADLINE"
+    mv = _user_buf(arg, SYNC_SET_DEADLINE.size, what)
+    deadline_ns, pad = SYNC_SET_DEADLINE.unpack_from(mv)
+    if pad:
+        raise DmaBufError(errno.EINVAL, f"{what}: pad must be 0")
+    sf.set_deadline(deadline_ns / 1e9)
+    return 0
 
 
 def _sync_fops(machine: Machine) -> SyncFileFileOps:

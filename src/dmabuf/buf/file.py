@@ -20,8 +20,11 @@ module models exactly that much of the VFS:
   never-opened number), ``close`` drops the table's reference, ``fdinfo`` renders
   ``/proc/<pid>/fdinfo/<fd>``.
 * :class:`Process` — a pid, a name and an fd table. The machine has an ``init`` process (pid 1);
-  more are made with :meth:`ProcessTable.spawn`; ``with process:`` makes one current for the
-  calling thread (:func:`current_process`), the way a syscall runs in the caller's context.
+  more are made with :meth:`ProcessTable.spawn` (empty table) or :meth:`ProcessTable.fork` (a
+  copy of the parent's table: ``dup_fd``, every file one more reference); :meth:`Process.exit`
+  closes every descriptor and removes the process from the table. ``with process:`` makes one
+  current for the calling thread (:func:`current_process`), the way a syscall runs in the
+  caller's context; several threads may be inside the same process at once.
 
 Deliberate differences from the kernel: descriptor numbers start at 3 (0-2 are taken by the
 stdio a real process has); there is no ``struct path``/dentry cache, ``mnt_id`` is a constant per
@@ -297,10 +300,24 @@ class File:
             raise ContractViolation(what, f"{what} on a released {self.fops.name} file")
 
     def llseek(self, offset: int, whence: int) -> int:
-        """``lseek(2)`` on this file — ``vfs_llseek()``: the new position, or the op's errno."""
+        """``lseek(2)`` on this file — ``vfs_llseek()``: what the file's ``llseek`` returns.
+
+        The file operation decides whether the position moves, as in the kernel: a
+        ``generic_file_llseek``-style operation stores ``f_pos`` itself (``vfs_setpos``), while
+        ``dma_buf_llseek()`` only *returns* the size and never stores it (fdinfo ``pos`` stays
+        0). This method never touches :attr:`f_pos`.
+
+        Args:
+            offset, whence: as lseek(2) (``SEEK_SET``/``SEEK_CUR``/``SEEK_END``…).
+        Context: whatever the operation needs; the model's never block.
+        Returns: the operation's result (the new or reported position).
+        Raises: DmaBufError(ESPIPE): no ``llseek`` operation; the operation's errno;
+            ContractViolation("llseek"): the file is released; TypeError: non-int arguments.
+        Kernel: fs/read_write.c, vfs_llseek(), ksys_lseek().
+        """
         self._check_open("llseek")
-        pos = self.fops.llseek(self, _check_int(offset, "offset"), _check_int(whence, "whence"))
-        self.f_pos = pos
+        pos: int = self.fops.llseek(self, _check_int(offset, "offset"),
+                                    _check_int(whence, "whence"))
         return pos
 
     def mmap(self, vma: Any) -> Any:
@@ -506,6 +523,25 @@ class FdTable:
         finally:
             f.put()
 
+    def copy(self) -> FdTable:
+        """A copy of this table for a forked child — ``dup_fd()``.
+
+        Same descriptor numbers, same close-on-exec flags, same ``max_fds``; the child's table
+        references the *same* :class:`File` objects, each with one more reference (so a
+        dma-buf's fdinfo ``count`` grows by one per copied descriptor).
+
+        Context: holds this table's lock while copying (``files->file_lock``); never blocks.
+        Returns: the new table.
+        Kernel: kernel/fork.c, copy_files(); fs/file.c, dup_fd().
+        """
+        new = FdTable(self.machine, max_fds=self.max_fds)
+        with self._lock:
+            for f in self._files.values():
+                f.get()          # the table holds a reference: the file is alive
+            new._files = dict(self._files)
+            new._cloexec = set(self._cloexec)
+        return new
+
     def close_all(self) -> None:
         """Close every descriptor (process exit — ``exit_files()``)."""
         with self._lock:
@@ -524,7 +560,14 @@ class Process:
     """A user process of the model: a pid, a name and an fd table.
 
     ``with process:`` makes it the current process of the calling thread (system calls of the
-    model act on the current process's fd table). :meth:`exit` closes every descriptor.
+    model act on the current process's fd table). Any number of threads may be inside the same
+    process at once, each with its own nesting (the context-variable tokens are kept per
+    thread). :meth:`exit` closes every descriptor and removes the process from the machine's
+    :class:`ProcessTable`.
+
+    Attributes:
+        pid, name, fds: the process id, its name (``comm``) and its :class:`FdTable`.
+        exited: True once :meth:`exit` ran.
 
     Kernel: include/linux/sched.h (struct task_struct: pid, comm, files).
     """
@@ -535,25 +578,71 @@ class Process:
         self.pid = pid
         self.name = name
         self.fds = FdTable(machine, max_fds=max_fds)
-        self._tokens: list[contextvars.Token[Process | None]] = []
+        self.exited = False
+        self._exit_lock = threading.Lock()
+        self._local = threading.local()      # .tokens: this thread's ``with`` nesting
 
     def __repr__(self) -> str:
         return f"<Process {self.pid} {self.name} fds={self.fds.fds()}>"
 
     def __enter__(self) -> Process:
-        self._tokens.append(_current_process.set(self))
+        """Make this the calling thread's current process (nestable, per thread).
+
+        Raises: ContractViolation("current_process"): the process has exited.
+        """
+        if self.exited:
+            raise ContractViolation("current_process", f"entering process {self.pid} "
+                                    f"({self.name}) after it exited")
+        tokens: list[contextvars.Token[Process | None]] | None = getattr(
+            self._local, "tokens", None)
+        if tokens is None:
+            tokens = self._local.tokens = []
+        tokens.append(_current_process.set(self))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        _current_process.reset(self._tokens.pop())
+        tokens: list[contextvars.Token[Process | None]] | None = getattr(
+            self._local, "tokens", None)
+        if not tokens:
+            raise ContractViolation("current_process", f"leaving process {self.pid} on a "
+                                    "thread that did not enter it")
+        _current_process.reset(tokens.pop())
 
     def exit(self) -> None:
-        """Process exit: close every descriptor (``do_exit`` → ``exit_files``)."""
-        self.fds.close_all()
+        """Process exit — ``do_exit()``: close every descriptor, leave the process table.
+
+        Closing the descriptors is ``exit_files()`` (each file loses the table's reference;
+        the last one releases it); then the process is reaped (``release_task()``):
+        :meth:`ProcessTable.find` no longer finds it. Idempotent.
+
+        Context: may block (a file's release may).
+        Raises: ContractViolation("do_exit"): the ``init`` process (pid 1) cannot exit (the
+            kernel panics: "Attempted to kill init!").
+        Kernel: kernel/exit.c, do_exit(), exit_files(), release_task().
+        """
+        table = self.machine.state(ProcessTable)
+        if self is table.init:
+            raise ContractViolation("do_exit", "the init process (pid 1) cannot exit")
+        with self._exit_lock:
+            if self.exited:
+                return
+            self.exited = True
+        try:
+            self.fds.close_all()
+        finally:
+            table._remove(self)
 
 
 class ProcessTable:
-    """The machine's processes (``machine.state(ProcessTable)``): ``init`` is pid 1."""
+    """The machine's processes (``machine.state(ProcessTable)``): ``init`` is pid 1.
+
+    :meth:`spawn` makes a process with an empty fd table, :meth:`fork` one with a copy of its
+    parent's; :meth:`Process.exit` removes a process; :meth:`find` looks one up by pid.
+
+    Locking: one internal lock, held only for the table's dictionary and pid counter.
+
+    Kernel: kernel/pid.c (alloc_pid, find_task_by_vpid), kernel/fork.c (copy_process).
+    """
 
     def __init__(self, machine: Machine) -> None:
         self.machine = machine
@@ -562,18 +651,70 @@ class ProcessTable:
         self.init = Process(machine, 1, "init")
         self._procs: dict[int, Process] = {1: self.init}
 
-    def spawn(self, name: str, *, max_fds: int = DEFAULT_MAX_FDS) -> Process:
-        """Create a new process with an empty fd table."""
+    def _alloc_pid(self) -> int:
         with self._lock:
             pid = self._next_pid
             self._next_pid += 1
-            p = Process(self.machine, pid, name, max_fds=max_fds)
-            self._procs[pid] = p
+            return pid
+
+    def _add(self, p: Process) -> Process:
+        with self._lock:
+            self._procs[p.pid] = p
         return p
+
+    def _remove(self, p: Process) -> None:
+        with self._lock:
+            if self._procs.get(p.pid) is p:
+                del self._procs[p.pid]
+
+    def spawn(self, name: str, *, max_fds: int = DEFAULT_MAX_FDS) -> Process:
+        """Create a new process with an empty fd table.
+
+        Args:
+            name: the process name.
+            max_fds: its ``RLIMIT_NOFILE``.
+        Returns: the new :class:`Process` (a fresh pid).
+        """
+        return self._add(Process(self.machine, self._alloc_pid(), name, max_fds=max_fds))
+
+    def fork(self, parent: Process, name: str | None = None) -> Process:
+        """``fork()``: a new process whose fd table is a copy of ``parent``'s.
+
+        The child's table has the same numbers and close-on-exec flags and references the same
+        files, each with one more reference (:meth:`FdTable.copy`). Mappings are not part of
+        the model's processes.
+
+        Args:
+            parent: the forking process (of this machine).
+            name: the child's name (default: the parent's, as ``comm`` is inherited).
+        Context: holds the parent's fd-table lock while copying; never blocks.
+        Returns: the child :class:`Process`.
+        Raises: ContractViolation("fork"): ``parent`` has exited or belongs to another machine.
+        Kernel: kernel/fork.c, copy_process(), copy_files() → dup_fd().
+        """
+        if not isinstance(parent, Process):
+            raise TypeError(f"fork() needs a Process, not {type(parent).__name__}")
+        if parent.machine is not self.machine:
+            raise ContractViolation("fork", f"process {parent.pid} belongs to another machine")
+        if parent.exited:
+            raise ContractViolation("fork", f"process {parent.pid} ({parent.name}) has exited")
+        child = Process(self.machine, self._alloc_pid(), name if name is not None
+                        else parent.name, max_fds=parent.fds.max_fds)
+        child.fds = parent.fds.copy()
+        return self._add(child)
+
+    def find(self, pid: int) -> Process | None:
+        """The live process with ``pid`` — ``find_task_by_vpid()``; None if there is none."""
+        with self._lock:
+            return self._procs.get(pid)
 
     def __iter__(self) -> Iterator[Process]:
         with self._lock:
             return iter(list(self._procs.values()))
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._procs)
 
 
 def current_process(machine: Machine | None = None) -> Process:

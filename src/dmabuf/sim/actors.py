@@ -99,23 +99,33 @@ class Export:
 
     # what the runner needs ---------------------------------------------------------------
     def truth_ranges(self) -> np.ndarray:
-        """Current CPU physical ranges of the buffer's bytes (exporter's own view)."""
+        """The buffer's current CPU physical pages, as its exporter knows them — no kernel
+        symbol (a GPU's ``bo->tbo.resource``, a heap buffer's pages, a BAR window).
+
+        Context: call with the buffer's resv held when the exporter can move it.
+        Returns: ``RANGE_DTYPE`` ranges covering the buffer in order.
+        Raises: NotImplementedError in the base class.
+        Kernel: none (the runner's truth view).
+        """
         raise NotImplementedError
 
     def location(self) -> str:
-        """Where the bytes are now: ``vram``, ``gtt``, ``hbm``, ``ram``…"""
+        """Where the bytes are now — no kernel symbol.
+
+        Context: pure. Returns: ``vram``, ``gtt``, ``hbm``, ``ram``, ``cmb``, ``barN``.
+        Raises: nothing. Kernel: none.
+        """
         return self.spec.placement
 
     def write_initial(self, data: np.ndarray) -> None:
-        """Fill the buffer with its initial content (the producer's write)."""
-        self.hr.phys.write(self.truth_ranges(), data)
+        """Fill the buffer with its initial content, as its producer would (a GPU job, the
+        device's own logic, a CPU mapping) — no kernel symbol.
 
-    def read_truth(self, offset: int, length: int) -> np.ndarray:
-        """The bytes at ``offset`` as the exporter sees them (waits for KERNEL fences)."""
-        resv = self.dmabuf.resv if self.dmabuf is not None else None
-        if resv is not None:
-            resv.wait_timeout(DmaResvUsage.KERNEL, False, None)
-        return self.hr.phys.read(slice_ranges(self.truth_ranges(), offset, length))
+        Args: data: ``size`` bytes.
+        Context: may block (a GPU job's fence).
+        Returns: None. Raises: DmaBufError from the device. Kernel: none.
+        """
+        self.hr.phys.write(self.truth_ranges(), data)
 
     def read_back(self, offset: int, length: int) -> np.ndarray:
         """The bytes at ``offset`` through the exporter's own pages, placement held stable.
@@ -132,19 +142,32 @@ class Export:
         finally:
             dmabuf.resv.unlock()
 
-    def owners(self) -> frozenset[int]:
-        """Page owners of the buffer now."""
-        r = self.truth_ranges()
-        return frozenset(int(o) for o in np.unique(self.hr.phys.owners_of(r)))
-
     def evict(self) -> str:
+        """Move the buffer out of device memory — ``ttm_bo_evict()`` for a GPU BO.
+
+        Context: may block (invalidation, fences, the copy).
+        Returns: what happened, for the report.
+        Raises: DmaBufError(EOPNOTSUPP) for an exporter that cannot; EBUSY when pinned.
+        Kernel: drivers/gpu/drm/ttm/ttm_bo.c, ttm_bo_evict().
+        """
         raise DmaBufError(errno.EOPNOTSUPP, f"{self.name}: this exporter cannot evict")
 
     def restore(self) -> str:
+        """Move the buffer back into device memory — ``ttm_bo_validate()`` into VRAM.
+
+        Context/Returns/Raises: as :meth:`evict`.
+        Kernel: drivers/gpu/drm/ttm/ttm_bo.c, ttm_bo_validate().
+        """
         raise DmaBufError(errno.EOPNOTSUPP, f"{self.name}: this exporter cannot move buffers")
 
     def release(self) -> None:
-        """Drop the exporter's references (end of run)."""
+        """Drop the exporter's references at the end of the run — ``dma_buf_put()`` (and the
+        driver's own free).
+
+        Context: may block (the last put releases; a GPU BO waits for its fences).
+        Returns: None. Raises: DmaBufError from the driver.
+        Kernel: drivers/dma-buf/dma-buf.c, dma_buf_put().
+        """
         if self.dmabuf is not None and not self.dmabuf.released:
             self.dmabuf.put()
 
@@ -426,12 +449,18 @@ class Import:
         self.error: DmaBufError | None = None
         #: ``attach->peer2peer`` as the exporter left it (recorded at map time).
         self.peer2peer: bool | None = None
+        #: The P2P decision, distance and PCI path at the first mapping.
+        self.decision: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ attach / map
     def do_attach(self) -> None:
-        """Attach (and pin, for ``pinned``) — ``dma_buf_[dynamic_]attach`` (+ ``dma_buf_pin``).
+        """Attach in the scenario's mode — ``dma_buf_attach()`` / ``dma_buf_dynamic_attach()``
+        (+ ``dma_buf_pin()`` for ``pinned``).
 
-        Raises: DmaBufError from the exporter (EOPNOTSUPP, ENODEV…).
+        Context: may block; takes the buffer's resv for the pin.
+        Returns: None.
+        Raises: DmaBufError from the exporter's attach or pin (EOPNOTSUPP, ENODEV, EBUSY…).
+        Kernel: drivers/dma-buf/dma-buf.c, dma_buf_dynamic_attach(), dma_buf_pin().
         """
         dmabuf = self.export.dmabuf
         assert dmabuf is not None
@@ -484,9 +513,13 @@ class Import:
             self.hr.machine.sched.sleep(cost)
 
     def map_initial(self) -> None:
-        """First map (resv taken here) — ``dma_buf_map_attachment``.
+        """The first map — ``dma_buf_map_attachment()`` under the resv, then a wait for the
+        exporter's KERNEL fences; charges the modelled mapping cost.
 
-        Raises: DmaBufError from the exporter (EPERM for a refused P2P, EBUSY…).
+        Context: may block; takes the buffer's resv.
+        Returns: None.
+        Raises: DmaBufError from the exporter (EPERM for a refused P2P, EBUSY, ENODEV…).
+        Kernel: drivers/dma-buf/dma-buf.c, dma_buf_map_attachment().
         """
         dmabuf = self.export.dmabuf
         assert dmabuf is not None
@@ -538,10 +571,16 @@ class Import:
 
     # ------------------------------------------------------------------ DMA bracketing
     def begin(self, write: bool) -> tuple[Mapping, DmaFence]:
-        """Prepare a DMA: remap if invalidated, fence it into the resv.
+        """Prepare one DMA as an importer driver does before submitting it — no single kernel
+        symbol: under the resv, unmap mappings whose DMA retired, remap after an
+        invalidation (``dma_buf_map_attachment``), wait for KERNEL fences, and add this
+        importer's fence with the access's usage (``dma_resv_add_fence``).
 
+        Args: write: the DMA writes the buffer (usage WRITE, else READ).
+        Context: may block; takes and releases the buffer's resv.
         Returns: the mapping to use and the fence to signal with :meth:`end`.
         Raises: DmaBufError(ENODEV) when revoked; the exporter's map errors.
+        Kernel: drivers/dma-buf/dma-resv.c, dma_resv_add_fence(); dma-buf.c map.
         """
         dmabuf = self.export.dmabuf
         assert dmabuf is not None
@@ -568,7 +607,13 @@ class Import:
             resv.unlock()
 
     def end(self, mapping: Mapping, fence: DmaFence, error: int = 0) -> None:
-        """The DMA through ``mapping`` finished: signal its fence (in a signalling section)."""
+        """The DMA through ``mapping`` finished — ``dma_fence_signal()`` of its fence (with
+        ``dma_fence_set_error`` first when it failed), in a signalling section.
+
+        Args: mapping: what :meth:`begin` returned; fence: its fence; error: ``-errno`` or 0.
+        Context: never blocks on the resv. Returns: None. Raises: nothing.
+        Kernel: drivers/dma-buf/dma-fence.c, dma_fence_signal().
+        """
         mapping.inflight -= 1
         m = self.hr.machine
         cookie = dma_fence_begin_signalling(m)
@@ -582,17 +627,32 @@ class Import:
 
     # ------------------------------------------------------------------ real bytes
     def dma_read(self, m: Mapping, offset: int, length: int) -> np.ndarray:
-        """The device reads ``length`` bytes at ``offset`` through the mapping (real DMA)."""
+        """The device's DMA engine reads ``length`` bytes at ``offset`` through the mapping's
+        DMA addresses (real bytes; page owners checked) — hardware, no kernel symbol.
+
+        Returns: the bytes. Raises: IommuFault for an untranslated or stale address.
+        Context: never blocks. Kernel: none.
+        """
         return self.dev.engine.read(slice_ranges(m.dma, offset, length), owner=m.owners)
 
     def dma_write(self, m: Mapping, offset: int, data: np.ndarray) -> None:
-        """The device writes ``data`` at ``offset`` through the mapping (real DMA)."""
+        """The device's DMA engine writes ``data`` at ``offset`` through the mapping — as
+        :meth:`dma_read`.
+
+        Returns: None. Raises: IommuFault. Context: never blocks. Kernel: none.
+        """
         self.dev.engine.write(slice_ranges(m.dma, offset, int(data.size)), data,
                               owner=m.owners)
 
     # ------------------------------------------------------------------ teardown
     def detach(self) -> None:
-        """Unmap, unpin and detach (end of run). Errors are the caller's to report."""
+        """End of run: ``dma_buf_unmap_attachment()``, ``dma_buf_unpin()``,
+        ``dma_buf_detach()``.
+
+        Context: may block; takes the buffer's resv. Returns: None.
+        Raises: DmaBufError from the exporter (the caller reports it).
+        Kernel: drivers/dma-buf/dma-buf.c.
+        """
         dmabuf = self.export.dmabuf
         if self.attach is None or dmabuf is None or dmabuf.released:
             return

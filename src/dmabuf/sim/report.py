@@ -83,6 +83,8 @@ def _attachment(hr: HostRun, key: tuple[str, str]) -> dict[str, Any]:
             out["detail"] = out["detail"] or f"explain failed: {e}"
     if imp is None:
         return out
+    if imp.decision:
+        out.update({k: v for k, v in imp.decision.items() if k != "detail"})
     st = imp.stats
     m = imp.first
     out.update({"maps": st.maps, "remaps": st.remaps, "invalidations": st.invalidations,
@@ -127,10 +129,15 @@ def _links(hr: HostRun, modelled: float, t0: float
     rows: list[dict[str, Any]] = []
     if tl.times.size == 0:
         return rows, {"times": [], "links": {}}
-    dt = np.diff(tl.times)
+    # Statistics over the workload only (from t0): setup-time traffic (a staging move) would
+    # otherwise count against the workload's span.
+    clipped = np.maximum(tl.times, t0)
+    dt = np.diff(clipped)
     through = dt @ tl.load
     span = modelled if modelled > 0 else tl.span
-    peaks = tl.peak_utilisation()
+    live = dt > 0
+    peaks = (tl.load[live].max(axis=0) / tl.capacity if live.any()
+             else np.zeros(tl.capacity.size))
     for c, (lname, d) in enumerate(tl.channels):
         b = float(through[c])
         if b <= 0:

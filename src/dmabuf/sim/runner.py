@@ -212,6 +212,8 @@ class HostRun:
         dev = imp.dev
         if imp.attach is not None:
             imp.peer2peer = bool(imp.attach.peer2peer)
+        if imp.decision is None:
+            imp.decision = self._decision(imp)
         phys_r = dev.dma.translate(dma)
         owners = frozenset(int(o) for o in np.unique(self.phys.owners_of(phys_r)))
         if self._lookup is None:
@@ -242,6 +244,32 @@ class HostRun:
         loc = imp.export.location()
         return Mapping(table, dma, owners, mem, loc, map_type, self.pf.nodes_of(hops), iommu,
                        entries, ranges, nbytes)
+
+    def _decision(self, imp: Import) -> dict[str, Any]:
+        """The P2P decision for (exporter, importer) as the kernel has it cached *now* (the
+        attach asked it), with the distance and PCI path — recorded at the first mapping, so a
+        later ACS change does not rewrite history in the report."""
+        exp = imp.export.spec.exporter
+        if exp == "system":
+            return {}
+        prov = self.host.device(exp).bdf
+        cli = imp.dev.bdf
+        out: dict[str, Any] = {"p2p_decision": self.topo.p2p_map_type(prov, cli).name}
+        try:
+            ex = self.topo.explain(prov, cli)
+            out["distance"] = int(ex.p2pdma_distance) if out["p2p_decision"] != \
+                "NOT_SUPPORTED" else -1
+            names = []
+            for p in ex.path:
+                try:
+                    d = self.topo.device(p)
+                    names.append(d.name or d.bdf)
+                except DmaBufError:
+                    names.append(p)
+            out["pci_path"] = names
+        except DmaBufError as e:
+            out["detail"] = f"explain failed: {e}"
+        return out
 
     def _path_cache(self, imp: Import, m: Mapping) -> tuple[Hop, ...]:
         key = tuple(m.path_nodes)
@@ -339,6 +367,9 @@ class HostRun:
         try:
             self._setup()
             self.t0 = m.sched.now()
+            for i in host.imports:    # before any thread starts: workers wait on these
+                if i.at > 0:
+                    self._attached[i.key] = m.sched.event(f"import.{i.buffer}@{i.device}")
             tasks = []
             for st in host.streams:
                 state = self.streams[st.name]
@@ -350,7 +381,6 @@ class HostRun:
                 tasks.append(m.sched.spawn(self._event, ev, name=f"event{ev.index}"))
             for i in host.imports:
                 if i.at > 0:
-                    self._attached[i.key] = m.sched.event(f"import.{i.buffer}@{i.device}")
                     tasks.append(m.sched.spawn(self._late_import, i,
                                                name=f"import.{i.buffer}@{i.device}"))
             for t in tasks:

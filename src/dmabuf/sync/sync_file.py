@@ -21,6 +21,11 @@ Operations (the file's ioctls and poll):
 Closing the file (``close()``, or the context manager) drops the fence reference; using a closed
 sync file raises ``DmaBufError(EBADF)``.
 
+The uAPI of include/uapi/linux/sync_file.h is here too: the ioctl numbers (:data:`SYNC_IOC_MERGE`,
+:data:`SYNC_IOC_FILE_INFO`, :data:`SYNC_IOC_SET_DEADLINE`) and the structures' byte layouts
+(``struct`` formats). The layer has no file descriptors: the sync_file *file*, whose ioctls
+decode these bytes, is :class:`dmabuf.buf.dma_buf_file.SyncFileFileOps`.
+
 Kernel: drivers/dma-buf/sync_file.c, include/linux/sync_file.h, include/uapi/linux/sync_file.h.
 """
 
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import errno
 import math
+import struct
 import threading
 from dataclasses import dataclass
 
@@ -38,6 +44,14 @@ from dmabuf.sync.dma_fence_unwrap import dma_fence_unwrap_for_each, dma_fence_un
 
 __all__ = [
     "EPOLLIN",
+    "SYNC_FENCE_INFO",
+    "SYNC_FILE_INFO",
+    "SYNC_IOC_FILE_INFO",
+    "SYNC_IOC_MAGIC",
+    "SYNC_IOC_MERGE",
+    "SYNC_IOC_SET_DEADLINE",
+    "SYNC_MERGE_DATA",
+    "SYNC_SET_DEADLINE",
     "SyncFenceInfo",
     "SyncFile",
     "SyncFileInfo",
@@ -49,6 +63,33 @@ __all__ = [
 EPOLLIN = 0x001
 #: Size of the name fields of the uAPI structs (``char name[32]``).
 _NAME_LEN = 32
+
+# include/uapi/linux/sync_file.h -------------------------------------------------------------
+#: ``struct sync_merge_data { char name[32]; __s32 fd2; __s32 fence; __u32 flags; __u32 pad; }``
+SYNC_MERGE_DATA = struct.Struct("<32siiII")
+#: ``struct sync_fence_info { char obj_name[32]; char driver_name[32]; __s32 status;
+#: __u32 flags; __u64 timestamp_ns; }``
+SYNC_FENCE_INFO = struct.Struct("<32s32siIQ")
+#: ``struct sync_file_info { char name[32]; __s32 status; __u32 flags; __u32 num_fences;
+#: __u32 pad; __u64 sync_fence_info; }`` (the last field is a user pointer)
+SYNC_FILE_INFO = struct.Struct("<32siIIIQ")
+#: ``struct sync_set_deadline { __u64 deadline_ns; __u64 pad; }``
+SYNC_SET_DEADLINE = struct.Struct("<QQ")
+#: ``SYNC_IOC_MAGIC`` (``'>'``).
+SYNC_IOC_MAGIC = ord(">")
+
+
+def _iowr(nr: int, size: int, *, read: bool = True) -> int:
+    # include/uapi/asm-generic/ioctl.h: dir<<30 | size<<16 | type<<8 | nr (dir: 1 W, 2 R)
+    return ((3 if read else 1) << 30) | (size << 16) | (SYNC_IOC_MAGIC << 8) | nr
+
+
+#: ``_IOWR(SYNC_IOC_MAGIC, 3, struct sync_merge_data)``
+SYNC_IOC_MERGE = _iowr(3, SYNC_MERGE_DATA.size)
+#: ``_IOWR(SYNC_IOC_MAGIC, 4, struct sync_file_info)``
+SYNC_IOC_FILE_INFO = _iowr(4, SYNC_FILE_INFO.size)
+#: ``_IOW(SYNC_IOC_MAGIC, 5, struct sync_set_deadline)``
+SYNC_IOC_SET_DEADLINE = _iowr(5, SYNC_SET_DEADLINE.size, read=False)
 
 
 def _strscpy(s: str, size: int = _NAME_LEN) -> str:
