@@ -595,7 +595,7 @@ def test_close_with_views_raises_buffererror_and_revoke_cuts_off(
 
 
 def test_memfd_mmap(be: ModelBackend) -> None:
-    """shmem_mmap adapter: shared pages, write-seal rules, zeros past the last whole page."""
+    """The memfd file's mmap: shared pages, write-seal rules, zeros past the last whole page."""
     with Memfd.create("mm", 2 * PAGE + 10, backend=be) as m:
         rw = mmap.PROT_READ | mmap.PROT_WRITE
         r = be.mmap(m.fileno(), 2 * PAGE, prot=rw, flags=mmap.MAP_SHARED)
@@ -650,6 +650,57 @@ def test_poll_lseek_fstat_fcntl(be: ModelBackend, ubuf: tuple[DmaBufFile, Memfd]
     assert code(lambda: be.ftruncate(buf.fileno(), 0)) == "EINVAL"
     assert code(lambda: be.pread(buf.fileno(), 1, 0)) == "EINVAL"
     assert code(lambda: m.truncate(PAGE)) == "EPERM"                  # F_SEAL_SHRINK
+
+
+def test_lseek_moves_f_pos_only_where_the_file_says(be: ModelBackend,
+                                                     ubuf: tuple[DmaBufFile, Memfd]) -> None:
+    """A memfd's lseek moves ``pos`` (generic_file_llseek); a dma-buf's never does."""
+    buf, m = ubuf
+    assert be.lseek(m.fileno(), 123, os.SEEK_SET) == 123
+    assert be.read_text(f"/proc/self/fdinfo/{m.fileno()}").startswith("pos:\t123\n")
+    assert be.lseek(buf.fileno(), 0, os.SEEK_END) == 4 * PAGE
+    assert buf.fdinfo().pos == 0
+
+
+def test_two_threads_in_one_model_process(be: ModelBackend,
+                                          ubuf: tuple[DmaBufFile, Memfd]) -> None:
+    """Threads of one forked child enter and leave it in any order (per-thread tokens)."""
+    buf, _ = ubuf
+    child = be.fork_process("threads")
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    pids: list[int] = []
+    errors: list[BaseException] = []
+
+    def worker(first: bool) -> None:
+        # a enters, b enters, a leaves, b leaves: not LIFO across the two threads
+        try:
+            if not first:
+                assert a_in.wait(5.0)
+            with child:
+                pids.append(be.process.pid)
+                (a_in if first else b_in).set()
+                assert (b_in if first else a_out).wait(5.0)
+            pids.append(be.process.pid)
+        except BaseException as e:
+            errors.append(e)
+        finally:
+            for ev in (a_in, b_in) if not first else (a_out,):
+                ev.set()
+            if first:
+                a_in.set()
+
+    threads = [threading.Thread(target=worker, args=(f,)) for f in (True, False)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10.0)
+        assert not t.is_alive()
+    assert errors == []
+    assert sorted(pids) == [1, 1, child.pid, child.pid]
+    assert buf.fdinfo().count == 2                       # the child's copy
+    be.exit_process(child)
+    assert buf.fdinfo().count == 1
+    assert code(lambda: be.read_text(f"/proc/{child.pid}/fdinfo/3")) == "ENOENT"
 
 
 def test_paths(be: ModelBackend, ubuf: tuple[DmaBufFile, Memfd]) -> None:

@@ -354,3 +354,140 @@ def test_fd_table_rules(machine: Machine, phys) -> None:
         f.put()
     p.exit()
     assert p.fds.fds() == [] and bs[0].released and bs[2].released
+
+
+# -- the sync_file file's ioctls (raw structures) ------------------------------------------------
+
+
+def _sf_fd(tl: SwSyncTimeline, value: int) -> int:
+    return install_sync_file(tl.create_sync_file(value))
+
+
+def test_sync_file_ioctl_numbers_match_the_uapi_header() -> None:
+    from dmabuf.sync.sync_file import (
+        SYNC_FENCE_INFO,
+        SYNC_FILE_INFO,
+        SYNC_IOC_FILE_INFO,
+        SYNC_IOC_MERGE,
+        SYNC_IOC_SET_DEADLINE,
+        SYNC_MERGE_DATA,
+        SYNC_SET_DEADLINE,
+    )
+
+    # include/uapi/linux/sync_file.h on x86-64
+    assert (SYNC_IOC_MERGE, SYNC_IOC_FILE_INFO, SYNC_IOC_SET_DEADLINE) == (
+        0xC0303E03, 0xC0383E04, 0x40103E05)
+    assert (SYNC_MERGE_DATA.size, SYNC_FENCE_INFO.size, SYNC_FILE_INFO.size,
+            SYNC_SET_DEADLINE.size) == (48, 80, 56, 16)
+
+
+def test_sync_file_merge_ioctl(machine: Machine) -> None:
+    from dmabuf.sync.sync_file import SYNC_IOC_MERGE, SYNC_MERGE_DATA
+
+    fds = current_process().fds
+    tl, tl2 = SwSyncTimeline("a", machine=machine), SwSyncTimeline("b", machine=machine)
+    a, b = _sf_fd(tl, 1), _sf_fd(tl2, 1)
+    f = fds.lookup(a)
+    arg = bytearray(SYNC_MERGE_DATA.pack(b"x" * 40, b, -1, 0, 0))   # name cut at 31 bytes
+    assert f.ioctl(SYNC_IOC_MERGE, arg) == 0
+    name, fd2, new, flags, pad = SYNC_MERGE_DATA.unpack(arg)
+    assert (name, fd2, flags, pad) == (b"x" * 31 + b"\0", b, 0, 0)
+    assert fds.is_cloexec(new)
+    merged = fds.lookup(new).private_data
+    assert isinstance(merged, SyncFile)
+    assert merged.get_name() == "x" * 31 and merged.info().num_fences == 2
+
+    def code(cmd: int, buf: object, fd: int = a) -> int:
+        with pytest.raises(DmaBufError) as ei:
+            fds.lookup(fd).ioctl(cmd, buf)
+        return int(ei.value.errno)
+
+    before = fds.fds()
+    assert code(SYNC_IOC_MERGE, bytearray(SYNC_MERGE_DATA.pack(b"", b, 0, 1, 0))) == \
+        errno.EINVAL                                                   # flags
+    assert code(SYNC_IOC_MERGE, bytearray(SYNC_MERGE_DATA.pack(b"", b, 0, 0, 1))) == \
+        errno.EINVAL                                                   # pad
+    dmabuf_fd = MockExporter(make_phys(8 * MiB, 8 * MiB)).export().fd(O_CLOEXEC)
+    for bad in (dmabuf_fd, 999, -1):                                   # sync_file_fdget()
+        assert code(SYNC_IOC_MERGE, bytearray(SYNC_MERGE_DATA.pack(b"", bad, 0, 0, 0))) == \
+            errno.ENOENT
+    assert code(SYNC_IOC_MERGE, bytearray(40)) == errno.EFAULT        # short
+    assert code(SYNC_IOC_MERGE, None) == errno.EFAULT                 # NULL
+    assert code(SYNC_IOC_MERGE, 5) == errno.EFAULT                    # not a user buffer
+    assert code(SYNC_IOC_MERGE, SYNC_MERGE_DATA.pack(b"", b, 0, 0, 0)) == errno.EFAULT  # r/o
+    assert code(0x40086200, bytearray(8)) == errno.ENOTTY             # DMA_BUF_IOCTL_SYNC
+    assert code(SYNC_IOC_MERGE + 1, bytearray(64)) == errno.ENOTTY   # nr 4, wrong size
+    assert fds.fds() == [*before, dmabuf_fd]                           # no fd leaked
+    tl.inc(1)
+    tl2.inc(1)
+    for fd in (a, b, new, dmabuf_fd):
+        fds.close(fd)
+
+
+def test_sync_file_info_ioctl_two_passes(machine: Machine) -> None:
+    import ctypes
+
+    from dmabuf.sync.sync_file import SYNC_FENCE_INFO, SYNC_FILE_INFO, SYNC_IOC_FILE_INFO
+
+    fds = current_process().fds
+    tl, tl2 = SwSyncTimeline("tl-a", machine=machine), SwSyncTimeline("tl-b", machine=machine)
+    sa, sb = tl.create_sync_file(1), tl2.create_sync_file(2)
+    fd = install_sync_file(sa.merge(sb, "both"))
+    sa.close()
+    sb.close()
+    f = fds.lookup(fd)
+    head = bytearray(SYNC_FILE_INFO.size)                # pass 1: num_fences = 0
+    f.ioctl(SYNC_IOC_FILE_INFO, head)
+    name, status, flags, num, pad, ptr = SYNC_FILE_INFO.unpack(head)
+    assert (name.rstrip(b"\0"), status, flags, num, pad, ptr) == (b"both", 0, 0, 2, 0, 0)
+    tl.inc(1)
+    out = ctypes.create_string_buffer(2 * SYNC_FENCE_INFO.size)
+    arg = bytearray(SYNC_FILE_INFO.pack(b"", 0, 0, 2, 0, ctypes.addressof(out)))
+    f.ioctl(SYNC_IOC_FILE_INFO, arg)                     # pass 2: room for both
+    _n, status, _f, num, _p, _ptr = SYNC_FILE_INFO.unpack(arg)
+    assert (status, num) == (0, 2)                       # folded: 1 then 0
+    infos = [SYNC_FENCE_INFO.unpack_from(out.raw, i * SYNC_FENCE_INFO.size) for i in range(2)]
+    got = sorted((o.rstrip(b"\0"), d.rstrip(b"\0"), st, fl, ts > 0)
+                 for o, d, st, fl, ts in infos)
+    assert got == [(b"tl-a", b"sw_sync", 1, 0, True), (b"tl-b", b"sw_sync", 0, 0, False)]
+
+    def code(buf: object) -> int:
+        with pytest.raises(DmaBufError) as ei:
+            f.ioctl(SYNC_IOC_FILE_INFO, buf)
+        return int(ei.value.errno)
+
+    assert code(bytearray(SYNC_FILE_INFO.pack(b"", 0, 1, 0, 0, 0))) == errno.EINVAL   # flags
+    assert code(bytearray(SYNC_FILE_INFO.pack(b"", 0, 0, 0, 1, 0))) == errno.EINVAL   # pad
+    assert code(bytearray(SYNC_FILE_INFO.pack(b"", 0, 0, 1, 0, ctypes.addressof(out)))) == \
+        errno.EINVAL                                     # room for 1 of 2 fences
+    assert code(bytearray(SYNC_FILE_INFO.pack(b"", 0, 0, 2, 0, 0))) == errno.EFAULT   # NULL
+    assert code(bytearray(20)) == errno.EFAULT
+    assert code(bytes(SYNC_FILE_INFO.size)) == errno.EFAULT                  # read-only
+    tl2.inc(2)
+    fds.close(fd)
+
+
+def test_sync_file_set_deadline_ioctl(machine: Machine) -> None:
+    from dmabuf.sync.sync_file import SYNC_IOC_SET_DEADLINE, SYNC_SET_DEADLINE
+
+    seen: list[float] = []
+
+    class Ops(DmaFenceOps):
+        def set_deadline(self, fence: DmaFence, deadline: float) -> None:
+            seen.append(deadline)
+
+    fence_ = DmaFence(Ops("drv", "tl"), machine.fence_context_alloc(1), 1, machine=machine)
+    fd = install_sync_file(SyncFile(fence_))
+    f = current_process().fds.lookup(fd)
+    assert f.ioctl(SYNC_IOC_SET_DEADLINE, bytearray(SYNC_SET_DEADLINE.pack(2_500_000_000, 0))) \
+        == 0
+    with pytest.raises(DmaBufError) as ei:
+        f.ioctl(SYNC_IOC_SET_DEADLINE, bytearray(SYNC_SET_DEADLINE.pack(1, 1)))
+    assert ei.value.errno == errno.EINVAL
+    with pytest.raises(DmaBufError) as ei:
+        f.ioctl(SYNC_IOC_SET_DEADLINE, bytearray(8))
+    assert ei.value.errno == errno.EFAULT
+    assert seen == [2.5]
+    fence_.signal()
+    fence_.put()
+    current_process().fds.close(fd)

@@ -252,3 +252,69 @@ def test_device_file_ioctls(pm: PhysMemory) -> None:
     with pytest.raises(DmaBufError) as e:
         f.ioctl(UDMABUF_CREATE, None)
     assert e.value.errno == errno.EFAULT
+
+
+def test_end_cpu_access_before_any_begin_is_einval(pm: PhysMemory) -> None:
+    """end_cpu_udmabuf(): no ubuf->sg before the first begin -> EINVAL (seen on real 6.12)."""
+    from dmabuf.buf.dma_buf_file import (
+        DMA_BUF_IOCTL_SYNC,
+        DMA_BUF_SYNC_END,
+        DMA_BUF_SYNC_RW,
+        DMA_BUF_SYNC_START,
+        DmaBufSyncArg,
+    )
+
+    fd = udmabuf_device().create(_sealed(pm, 2), 0, 2 * PAGE_SIZE)
+    f = current_process().fds.lookup(fd)
+    buf = dma_buf_get(fd)
+    ubuf = buf.priv
+    assert ubuf.sg is None
+    assert _errno(lambda: buf.end_cpu_access(DmaDataDirection.TO_DEVICE)) == errno.EINVAL
+    end = DmaBufSyncArg(DMA_BUF_SYNC_END | DMA_BUF_SYNC_RW)
+    assert _errno(lambda: f.ioctl(DMA_BUF_IOCTL_SYNC, end)) == errno.EINVAL
+    f.ioctl(DMA_BUF_IOCTL_SYNC, DmaBufSyncArg(DMA_BUF_SYNC_START | DMA_BUF_SYNC_RW))
+    sg = ubuf.sg
+    assert sg is not None and sg.size == 2 * PAGE_SIZE and not sg.dma_mapped
+    f.ioctl(DMA_BUF_IOCTL_SYNC, end)
+    f.ioctl(DMA_BUF_IOCTL_SYNC, end)                   # the table stays: END again is fine
+    buf.begin_cpu_access(DmaDataDirection.FROM_DEVICE)
+    assert ubuf.sg is sg                               # created once
+    buf.put()
+    current_process().fds.close(fd)                    # release_udmabuf(): table freed
+    assert buf.released and ubuf.sg is None and sg.freed
+
+
+def test_memfd_file_mmap(pm: PhysMemory) -> None:
+    """shmem_mmap(): shared pages, pinned while mapped, the write-seal rules, EOF handling."""
+    fds = current_process().fds
+    fd = memfd_create(pm, "map", MFD_ALLOW_SEALING)
+    m = memfd_of(fd)
+    m.ftruncate(2 * PAGE_SIZE + 10)
+    f = fds.lookup(fd)
+    vma = Vma(length=3 * PAGE_SIZE)
+    f.mmap(vma)
+    assert vma.file is f and m.pinned_pages == 2       # the partial page at EOF is not in view
+    assert len(vma.view) == 2 * PAGE_SIZE
+    vma.view.write(5, b"abc")
+    assert m.pread(3, 5) == b"abc"                     # zero copy
+    m.pwrite(b"Z", PAGE_SIZE)
+    assert vma.view.read(PAGE_SIZE, 1).tobytes() == b"Z"
+    assert _errno(lambda: memfd_add_seals(fd, F_SEAL_WRITE)) == errno.EBUSY
+    vma.vm_close()                                     # type: ignore[attr-defined]
+    assert m.pinned_pages == 0
+    memfd_add_seals(fd, F_SEAL_WRITE)
+    w = Vma(length=PAGE_SIZE)
+    assert _errno(lambda: f.mmap(w)) == errno.EPERM    # writable shared of a sealed memfd
+    for ok in (Vma(length=PAGE_SIZE, shared=False), Vma(length=PAGE_SIZE)):
+        if ok.shared:
+            ok.vm_write = False                        # type: ignore[attr-defined]
+        f.mmap(ok)
+        assert ok.view.read(5, 3).tobytes() == b"abc"
+        ok.vm_close()                                  # type: ignore[attr-defined]
+    past = Vma(length=PAGE_SIZE, pgoff=3, shared=False)
+    f.mmap(past)                                       # beyond EOF: no pages in the view
+    assert len(past.view) == 0 and m.pinned_pages == 0
+    past.vm_close()                                    # type: ignore[attr-defined]
+    assert _errno(lambda: f.mmap(Vma(length=0))) == errno.EINVAL
+    fds.close(fd)
+    assert m.released

@@ -15,6 +15,14 @@ through a stale mapping reads recognisable garbage, and :meth:`PhysMemory.check_
 DMA engines call with ``expect_owner`` — turns it into an :class:`~dmabuf.errors.IommuFault`
 naming who owns the page now.
 
+**Backing and aliases.** A region normally gets its own anonymous mapping; ``add_region(...,
+backing=fd_or_buffer)`` backs it with a given shared mapping instead (a host ``memfd``, so that
+user-space mappings alias model pages). :meth:`PhysMemory.add_alias` creates a second physical
+address window onto part of an existing region — same bytes, same owner table — the way a GPU's
+VRAM BAR decodes to the first ``visible_vram_size`` bytes of VRAM. The aliased window is
+*reserved* in the target's allocator (``memblock_reserve``-like): pages there are allocated and
+freed through the alias only, so the two windows never hand out the same page twice.
+
 Allocation is page-granular first-fit over a sorted list of free extents (numpy arrays of page
 index + length per region), with realistic fragmentation: non-contiguous requests take the first
 free extents in address order (or in a seeded random order) and may return several extents;
@@ -26,7 +34,10 @@ held across a scheduling point. Byte accessors (``view/read/write/copy/fill/chec
 lock, like a DMA engine: concurrent writers race exactly as hardware would.
 
 Data movement is vectorised: a copy between two range lists of different shapes iterates over
-the merged cut points, one ``np.copyto`` per contiguous piece, never per page.
+the merged cut points, one ``np.copyto`` per contiguous piece, never per page. Neighbouring ranges
+are merged into one piece only inside one region: two regions may be physically adjacent, but
+their backings are separate arrays. Ownership checks are vectorised too (one ``reduceat`` or one
+gather per region, never a Python loop per span of moderate size).
 
 Kernel: mm/page_alloc.c (__alloc_pages, free_pages), mm/memblock.c, include/linux/poison.h
 (POISON_FREE 0x6b), mm/page_poison.c, include/linux/mm_types.h (struct page), mm/cma.c.
@@ -38,6 +49,7 @@ import bisect
 import enum
 import errno
 import mmap
+import os
 import sys
 import threading
 import zlib
@@ -109,33 +121,53 @@ class PhysRegion:
         base: CPU physical address of the first byte (page aligned).
         size: bytes (a multiple of ``PAGE_SIZE``).
         numa_node: NUMA node (``-1`` = ``NUMA_NO_NODE``).
-        backing: writable ``uint8`` array of ``size`` bytes over an anonymous private mmap.
-        owner: ``int32`` per page (``0`` free, ``-1`` poisoned, ``> 0`` an owner id).
+        backing: writable ``uint8`` array of ``size`` bytes over an anonymous private mmap, a
+            mapping given to ``add_region(backing=...)``, or (alias) a window of another region's.
+        owner: ``int32`` per page (``0`` free, ``-1`` poisoned, ``> 0`` an owner id); an alias
+            shares its target's table (a view).
+        alias_of: the region this one aliases (:meth:`PhysMemory.add_alias`), else ``None``.
+        alias_offset: byte offset of the alias window in ``alias_of`` (0 when not an alias).
 
-    Regions are created by :meth:`PhysMemory.add_region`, never directly by users.
+    Regions are created by :meth:`PhysMemory.add_region` / :meth:`PhysMemory.add_alias`, never
+    directly by users. Never reassign ``backing`` or ``owner``: use an alias or a given backing.
 
     Kernel: include/linux/ioport.h (struct resource), include/linux/mmzone.h (struct zone).
     """
 
     def __init__(self, name: str, kind: MemKind, base: int, size: int, numa_node: int,
-                 hugepages: bool = True) -> None:
+                 hugepages: bool = True, *, mapping: Any = None,
+                 alias_of: PhysRegion | None = None, alias_offset: int = 0) -> None:
         self.name = name
         self.kind = kind
         self.base = base
         self.size = size
         self.numa_node = numa_node
-        self._mmap = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
-                               | _MAP_NORESERVE)
-        if hugepages and hasattr(mmap, "MADV_HUGEPAGE"):
-            # Transparent huge pages where the host allows them: copies run at np.copyto speed
-            # (fewer TLB misses). Still sparse: untouched 2 MiB blocks cost nothing.
-            try:
-                self._mmap.madvise(mmap.MADV_HUGEPAGE)
-            except OSError:
-                pass
-        self.backing: np.ndarray = np.frombuffer(self._mmap, dtype=np.uint8)
-        # np.zeros uses calloc: pages of the owner table are not touched until written either.
-        self.owner: np.ndarray = np.zeros(size >> PAGE_SHIFT, dtype=np.int32)
+        self.alias_of = alias_of
+        self.alias_offset = alias_offset if alias_of is not None else 0
+        #: Alias windows reserved in this region's allocator: (first page, pages, alias).
+        self._alias_windows: list[tuple[int, int, PhysRegion]] = []
+        if alias_of is not None:
+            self._mmap: Any = alias_of._mmap
+            self.backing: np.ndarray = alias_of.backing[alias_offset:alias_offset + size]
+            self.owner: np.ndarray = alias_of.owner[alias_offset >> PAGE_SHIFT:
+                                                    (alias_offset + size) >> PAGE_SHIFT]
+        else:
+            if mapping is None:
+                mapping = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+                                    | _MAP_NORESERVE)
+                if hugepages and hasattr(mmap, "MADV_HUGEPAGE"):
+                    # Transparent huge pages where the host allows them: copies run at np.copyto
+                    # speed (fewer TLB misses). Still sparse: untouched 2 MiB blocks cost nothing.
+                    try:
+                        mapping.madvise(mmap.MADV_HUGEPAGE)
+                    except OSError:
+                        pass
+                self.backing = np.frombuffer(mapping, dtype=np.uint8)
+            else:
+                self.backing = np.frombuffer(mapping, dtype=np.uint8, count=size)
+            self._mmap = mapping
+            # np.zeros uses calloc: pages of the owner table are not touched until written either.
+            self.owner = np.zeros(size >> PAGE_SHIFT, dtype=np.int32)
         # Free extents in page units, sorted by start, never adjacent (always merged).
         self._free_start = np.zeros(1, dtype=np.int64)
         self._free_len = np.full(1, size >> PAGE_SHIFT, dtype=np.int64)
@@ -174,8 +206,11 @@ class PhysRegion:
         return self.base <= paddr and paddr + length <= self.end
 
     def describe(self) -> dict[str, Any]:
-        """Snapshot for ``dmabuf`` introspection (the ``/proc/iomem`` + buddyinfo view)."""
-        return {
+        """Snapshot for ``dmabuf`` introspection (the ``/proc/iomem`` + buddyinfo view).
+
+        An alias also reports ``alias_of`` (target name) and ``alias_offset``.
+        """
+        d: dict[str, Any] = {
             "name": self.name,
             "kind": self.kind.value,
             "base": self.base,
@@ -186,10 +221,16 @@ class PhysRegion:
             "free_extents": self.free_extents,
             "largest_free_extent_pages": self.largest_free_extent,
         }
+        if self.alias_of is not None:
+            d["alias_of"] = self.alias_of.name
+            d["alias_offset"] = self.alias_offset
+        return d
 
     def __repr__(self) -> str:
+        alias = (f", alias of {self.alias_of.name!r}+{self.alias_offset:#x}"
+                 if self.alias_of is not None else "")
         return (f"PhysRegion({self.name!r}, {self.kind.name}, base={self.base:#x}, "
-                f"size={self.size:#x}, node={self.numa_node})")
+                f"size={self.size:#x}, node={self.numa_node}{alias})")
 
 
 @dataclass(frozen=True)
@@ -230,6 +271,7 @@ class PhysMemory:
         self._owner_labels: dict[int, str] = {}
         self._next_owner = 1
         self._lock = threading.Lock()
+        self._generation = 0
         self.poison_on_free = poison_on_free
         self.hugepages = hugepages
         #: The machine this memory belongs to (``machine.state(PhysMemory)`` passes it); unused
@@ -238,8 +280,17 @@ class PhysMemory:
 
     # ------------------------------------------------------------------ regions
 
+    @property
+    def generation(self) -> int:
+        """Counter bumped by every :meth:`add_region` / :meth:`add_alias` (the memory map changed).
+
+        Caches derived from :attr:`regions` (a device's bus windows, an IOVA reservation) compare
+        it instead of the number of regions.
+        """
+        return self._generation
+
     def add_region(self, name: str, size: int, kind: MemKind, *, base: int | None = None,
-                   numa_node: int = -1) -> PhysRegion:
+                   numa_node: int = -1, backing: Any = None) -> PhysRegion:
         """Add a region of physical memory — ``memblock_add()`` / ``request_mem_region()``.
 
         Args:
@@ -250,6 +301,15 @@ class PhysMemory:
                 address above every existing region (and at least 1 GiB, so address 0 is never
                 memory).
             numa_node: NUMA node, ``-1`` for none.
+            backing: where the bytes live. ``None`` (default): a new anonymous private
+                ``MAP_NORESERVE`` mapping. A host file descriptor (an ``int``, or an object with
+                ``fileno()``, e.g. a ``memfd`` of at least ``size`` bytes): mapped ``MAP_SHARED``
+                read-write from offset 0, so other mappings of that file see the region's bytes
+                (the model uAPI backend's RAM). The fd stays the caller's (the mapping holds its
+                own reference; closing the fd afterwards is fine). Any other object must export a
+                writable, C-contiguous buffer of at least ``size`` bytes (an ``mmap.mmap``, a
+                ``bytearray``, a ``uint8`` array): the region views its first ``size`` bytes and
+                keeps the object alive.
 
         Context:
             Takes the allocator lock briefly; never blocks otherwise.
@@ -258,22 +318,119 @@ class PhysMemory:
             The new :class:`PhysRegion` (its backing is sparse: no memory is used until touched).
 
         Raises:
-            TypeError: wrong argument types.
-            DmaBufError(EINVAL): bad size/base alignment, overlap with an existing region.
+            TypeError: wrong argument types (including a ``backing`` that is neither an fd nor a
+                buffer).
+            DmaBufError(EINVAL): bad size/base alignment, overlap with an existing region; a
+                ``backing`` that is read-only, not contiguous, or smaller than ``size``.
             DmaBufError(EEXIST): a region of that name exists.
-            DmaBufError(ENOMEM): the host refused the backing mmap.
+            DmaBufError(ENOMEM): the host refused the backing mmap (or the errno of the host's
+                ``mmap`` of a given fd, e.g. ``EACCES`` for an fd not open read-write).
 
         Kernel: mm/memblock.c, memblock_add(); kernel/resource.c, request_mem_region().
         """
+        mapping = None
+        if backing is not None:
+            mapping = _backing_mapping(name, _valid_size(name, size), backing)
+        return self._insert(name, size, kind, base, numa_node,
+                            lambda b: PhysRegion(name, kind, b, size, numa_node, self.hugepages,
+                                                 mapping=mapping))
+
+    def add_alias(self, name: str, target: PhysRegion | str, offset: int, size: int,
+                  kind: MemKind, *, base: int | None = None,
+                  numa_node: int | None = None) -> PhysRegion:
+        """Add a second physical window onto part of a region — a BAR decoding to device memory.
+
+        The new region has its own physical addresses (``base``) but *shares* the bytes and the
+        page-owner table of ``target[offset:offset + size]``: a write through either window is
+        seen through the other, and a page allocated or poisoned through one is allocated or
+        poisoned through the other. This is how the GPU driver makes its visible VRAM and its
+        VRAM BAR the same memory (amdgpu: BAR address ``aper_base + off`` = VRAM offset ``off``).
+
+        The window is reserved in ``target``'s allocator (``memblock_reserve()``-like): ``alloc``
+        on ``target`` never returns it, ``free`` of its pages through ``target`` is refused;
+        allocate and free them through the alias. An alias of an alias is allowed (its window is
+        then reserved in the first alias).
+
+        Args:
+            name: unique region name.
+            target: the region (or its name) whose memory the alias shows.
+            offset: byte offset of the window in ``target`` (page aligned).
+            size: bytes (a positive multiple of ``PAGE_SIZE``; ``offset + size <= target.size``).
+            kind: :class:`MemKind` of the new window (e.g. ``DEVICE`` for VRAM seen through an
+                ``MMIO`` BAR target).
+            base: physical address of the alias, as for :meth:`add_region` (``None``: automatic).
+            numa_node: NUMA node, default the target's.
+
+        Context:
+            Takes the allocator lock briefly; never blocks otherwise.
+
+        Returns:
+            The new :class:`PhysRegion` (``alias_of`` is ``target``).
+
+        Raises:
+            TypeError: wrong argument types.
+            DmaBufError(EINVAL): ``target`` is not a region of this PhysMemory, bad alignment,
+                the window runs past ``target``, overlap of the alias' addresses with a region.
+            DmaBufError(EEXIST): a region of that name exists.
+            DmaBufError(EBUSY): a page of the window is allocated in ``target`` or already
+                reserved by another alias (``request_mem_region()`` failing on a busy range).
+
+        Kernel: kernel/resource.c, request_mem_region() (a second resource over the same
+        memory); mm/memblock.c, memblock_reserve(); drivers/gpu/drm/amd/amdgpu/amdgpu_gmc.c
+        (aper_base / visible_vram_size).
+        """
+        if isinstance(target, str):
+            target = self.region(target)
+        if not isinstance(target, PhysRegion) or self._by_name.get(target.name) is not target:
+            raise DmaBufError(errno.EINVAL, f"alias {name!r}: {target!r} is not a region of this "
+                              "PhysMemory")
+        offset = _check_int(offset, "offset")
+        size = _check_int(size, "size")
+        if offset < 0 or offset % PAGE_SIZE:
+            raise DmaBufError(errno.EINVAL, f"alias {name!r}: offset {offset:#x} must be a "
+                              "non-negative multiple of PAGE_SIZE")
+        if size > 0 and offset + size > target.size:
+            raise DmaBufError(errno.EINVAL, f"alias {name!r}: window [{offset:#x}, "
+                              f"{offset + size:#x}) runs past {target.name!r} ({target.size:#x} "
+                              "bytes)")
+        node = target.numa_node if numa_node is None else numa_node
+        tgt = target
+
+        def make(b: int) -> PhysRegion:
+            p0, cnt = offset >> PAGE_SHIFT, size >> PAGE_SHIFT
+            fs, fl = tgt._free_start, tgt._free_len
+            i = int(np.searchsorted(fs, p0, side="right")) - 1
+            if i < 0 or int(fs[i]) + int(fl[i]) < p0 + cnt:
+                raise DmaBufError(errno.EBUSY, f"alias {name!r}: pages of {tgt.name!r} "
+                                  f"[{tgt.base + offset:#x}, {tgt.base + offset + size:#x}) are "
+                                  "allocated or reserved by another alias; free them first")
+            region = PhysRegion(name, kind, b, size, node, self.hugepages, alias_of=tgt,
+                                alias_offset=offset)
+            head = p0 - int(fs[i])
+            tail = int(fs[i]) + int(fl[i]) - (p0 + cnt)
+            keep_s = [int(fs[i])] if head else []
+            keep_l = [head] if head else []
+            if tail:
+                keep_s.append(p0 + cnt)
+                keep_l.append(tail)
+            tgt._free_start = np.concatenate((fs[:i], np.array(keep_s, dtype=np.int64),
+                                              fs[i + 1:]))
+            tgt._free_len = np.concatenate((fl[:i], np.array(keep_l, dtype=np.int64),
+                                            fl[i + 1:]))
+            tgt._alias_windows.append((p0, cnt, region))
+            return region
+
+        return self._insert(name, size, kind, base, node, make)
+
+    def _insert(self, name: str, size: int, kind: MemKind, base: int | None, numa_node: int,
+                make: Any) -> PhysRegion:
+        """Validate name/size/base, build the region with ``make(base)`` and index it."""
         if not isinstance(name, str) or not name:
             raise TypeError("region name must be a non-empty str")
         if not isinstance(kind, MemKind):
             raise TypeError(f"kind must be a MemKind, not {type(kind).__name__}")
-        size = _check_int(size, "size")
+        size = _valid_size(name, size)
         numa_node = _check_int(numa_node, "numa_node")
-        if size <= 0 or size % PAGE_SIZE:
-            raise DmaBufError(errno.EINVAL, f"region {name!r}: size {size:#x} must be a positive "
-                              f"multiple of PAGE_SIZE ({PAGE_SIZE}); round it up")
         with self._lock:
             if name in self._by_name:
                 raise DmaBufError(errno.EEXIST, f"a region named {name!r} already exists")
@@ -294,7 +451,9 @@ class PhysMemory:
                                       f"{r.name!r} [{r.base:#x}, {r.end:#x}); choose another "
                                       "base or let add_region pick one (base=None)")
             try:
-                region = PhysRegion(name, kind, base, size, numa_node, self.hugepages)
+                region = make(base)
+            except DmaBufError:
+                raise
             except (OSError, OverflowError, ValueError) as e:
                 raise DmaBufError(errno.ENOMEM, f"cannot back region {name!r} of {size:#x} "
                                   f"bytes: {e}") from e
@@ -304,6 +463,7 @@ class PhysMemory:
             self._bases = np.array([r.base for r in self._regions], dtype=np.uint64)
             self._ends = np.array([r.end for r in self._regions], dtype=np.uint64)
             self._base_list = [r.base for r in self._regions]
+            self._generation += 1
         return region
 
     def region(self, name: str) -> PhysRegion:
@@ -438,6 +598,32 @@ class PhysMemory:
             m = loc.region == ri
             out.append((self._regions[ri], first[m], count[m]))
         return out
+
+    def _locate_merged(self, ranges: Any) -> _Located:
+        """``_locate`` then merge neighbours that are contiguous *inside one region*.
+
+        Coalescing before locating would merge the last range of a region with the first of a
+        physically adjacent region and fault the result as running past the first one's end.
+        """
+        loc = self._locate(ranges)
+        k = loc.region.size
+        if k <= 1:
+            return loc
+        reg = loc.region
+        off = loc.offset
+        ends = off + loc.length
+        join = (reg[1:] == reg[:-1]) & (off[1:] == ends[:-1])
+        brk = np.flatnonzero(~join)
+        if brk.size == k - 1:
+            return loc
+        first = np.empty(brk.size + 1, dtype=np.int64)
+        first[0] = 0
+        np.add(brk, 1, out=first[1:])
+        last_end = np.empty(first.size, dtype=np.uint64)
+        last_end[:-1] = ends[first[1:] - 1]
+        last_end[-1] = ends[-1]
+        o = off[first]
+        return _Located(reg[first], o, last_end - o, loc.addr[first])
 
     # ------------------------------------------------------------------ allocator
 
@@ -602,27 +788,15 @@ class PhysMemory:
     def _check_pages(self, region: PhysRegion, first: np.ndarray, count: np.ndarray,
                      owner: int | None, *, rule: str = "") -> None:
         """Raise if a page is not owned by ``owner`` (None: not allocated to anyone)."""
-        total = int(count.sum())
-
-        def bad_mask(vals: np.ndarray) -> np.ndarray:
-            return vals <= 0 if owner is None else vals != owner
-
+        k = _first_bad_span(region.owner, first, count, owner)
         bad_page = -1
         bad_val = 0
-        if first.size <= 16 or total > _EXPAND_LIMIT or total >= 64 * first.size:
-            for s, c in zip(first.tolist(), count.tolist(), strict=True):
-                vals = region.owner[s:s + c]
-                m = bad_mask(vals)
-                if bool(m.any()):
-                    j = int(np.argmax(m))
-                    bad_page, bad_val = s + j, int(vals[j])
-                    break
-        else:
-            pages, vals = self._owner_values(region, first, count)
-            m = bad_mask(vals)
-            if bool(m.any()):
-                j = int(np.argmax(m))
-                bad_page, bad_val = int(pages[j]), int(vals[j])
+        if k >= 0:
+            s0 = int(first[k])
+            vals = region.owner[s0:s0 + int(count[k])]
+            m = vals <= 0 if owner is None else vals != owner
+            j = int(np.argmax(m))
+            bad_page, bad_val = s0 + j, int(vals[j])
         if bad_page < 0:
             return
         paddr = region.base + (bad_page << PAGE_SHIFT)
@@ -691,15 +865,38 @@ class PhysMemory:
             self._check_pages(region, first, count, owner)
 
     def owners_of(self, ranges: Any) -> np.ndarray:
-        """Owner id of every page touched by ``ranges`` (expanded; for tests and describe)."""
+        """Owner id of every page touched by ``ranges``, in list order (one entry per page).
+
+        A page touched by two ranges appears twice. Vectorised: one gather per region over
+        ``np.repeat``-built page indices (slices per range only beyond 4 Mi pages).
+
+        Raises:
+            IommuFault (EFAULT): a range outside every region.
+        """
         loc = self._locate(ranges)
         first, count = self._page_spans(loc)
-        out = []
-        for k in range(loc.region.size):
-            reg = self._regions[int(loc.region[k])]
-            f, c = int(first[k]), int(count[k])
-            out.append(reg.owner[f:f + c])
-        return np.concatenate(out) if out else np.zeros(0, dtype=np.int32)
+        k = loc.region.size
+        if k == 0:
+            return np.zeros(0, dtype=np.int32)
+        regs = self._regions
+        if k == 1:
+            f, c = int(first[0]), int(count[0])
+            return regs[int(loc.region[0])].owner[f:f + c].copy()
+        total = int(count.sum())
+        if total > _EXPAND_LIMIT:
+            return np.concatenate([regs[ri].owner[f:f + c] for ri, f, c in
+                                   zip(loc.region.tolist(), first.tolist(), count.tolist(),
+                                       strict=True)])
+        lo, hi = int(loc.region.min()), int(loc.region.max())
+        if lo == hi:
+            return regs[lo].owner[_expand(first, count)]
+        out = np.empty(total, dtype=np.int32)
+        pos = np.zeros(k, dtype=np.int64)
+        np.cumsum(count[:-1], out=pos[1:])
+        for ri in np.unique(loc.region).tolist():
+            m = loc.region == ri
+            out[_expand(pos[m], count[m])] = regs[ri].owner[_expand(first[m], count[m])]
+        return out
 
     # ------------------------------------------------------------------ bytes
 
@@ -724,7 +921,7 @@ class PhysMemory:
         return region.backing[off:off + length]
 
     def _pieces(self, ranges: Any) -> list[tuple[np.ndarray, int, int]]:
-        loc = self._locate(coalesce(as_ranges(ranges)))
+        loc = self._locate_merged(ranges)
         regs = self._regions
         return [(regs[ri].backing, o, n) for ri, o, n in
                 zip(loc.region.tolist(), loc.offset.tolist(), loc.length.tolist(), strict=True)]
@@ -795,10 +992,8 @@ class PhysMemory:
             DmaBufError(EINVAL): different total lengths.
             IommuFault (EFAULT): a range outside every region.
         """
-        d = coalesce(as_ranges(dst_ranges))
-        s = coalesce(as_ranges(src_ranges))
-        dl = self._locate(d)
-        sl = self._locate(s)
+        dl = self._locate_merged(dst_ranges)
+        sl = self._locate_merged(src_ranges)
         dtot = int(dl.length.sum()) if dl.length.size else 0
         stot = int(sl.length.sum()) if sl.length.size else 0
         if dtot != stot:
@@ -807,12 +1002,12 @@ class PhysMemory:
         if dtot == 0:
             return
         regs = self._regions
-        if d.size == 1 and s.size == 1:
+        if dl.region.size == 1 and sl.region.size == 1:
             np.copyto(regs[int(dl.region[0])].backing[int(dl.offset[0]):int(dl.offset[0]) + dtot],
                       regs[int(sl.region[0])].backing[int(sl.offset[0]):int(sl.offset[0]) + dtot])
             return
-        dstart = range_starts(d)
-        sstart = range_starts(s)
+        dstart = _starts(dl.length)
+        sstart = _starts(sl.length)
         cuts = np.union1d(dstart, sstart)
         plen = np.diff(np.append(cuts, np.uint64(dtot)))
         di = np.searchsorted(dstart, cuts, side="right") - 1
@@ -834,6 +1029,82 @@ class PhysMemory:
 
     def __repr__(self) -> str:
         return f"PhysMemory({len(self._regions)} regions)"
+
+
+def _starts(lengths: np.ndarray) -> np.ndarray:
+    """Exclusive prefix sum (uint64): offset of each piece in the concatenated buffer."""
+    out = np.zeros(lengths.size, dtype=np.uint64)
+    if lengths.size > 1:
+        np.cumsum(lengths[:-1], out=out[1:])
+    return out
+
+
+def _first_bad_span(table: np.ndarray, first: np.ndarray, count: np.ndarray,
+                    want: int | None) -> int:
+    """Index of the first span (list order) holding a page whose owner is not ``want``.
+
+    ``want=None`` means "allocated to someone" (owner > 0). Returns -1 when every page is good.
+    Vectorised for any number of spans: a dense set of spans (sorted, little gap between them)
+    is checked with one ``np.minimum/maximum.reduceat`` over the owner table itself; a sparse
+    one with one gather over ``np.repeat``-built page indices; only more than 4 Mi pages fall
+    back to one slice per span (then each slice is large and the loop costs nothing).
+    """
+    k = first.size
+    if k == 0:
+        return -1
+    if k <= 4:
+        for i, (s, c) in enumerate(zip(first.tolist(), count.tolist(), strict=True)):
+            v = table[s:s + c]
+            if bool((v.min() <= 0) if want is None else ((v.min() != want) | (v.max() != want))):
+                return i
+        return -1
+    first = first.astype(np.int64, copy=False)
+    count = count.astype(np.int64, copy=False)
+    ends = first + count
+    total = int(count.sum())
+    if bool(np.all(first[1:] >= first[:-1])):
+        order = None
+        fs, es = first, ends
+    else:
+        order = np.argsort(first, kind="stable")
+        fs, es = first[order], ends[order]
+    span = int(es.max()) - int(fs[0])
+    if span <= 2 * total + 1024:
+        # Dense: reduce over [fs[i], es[i]) of the table itself; the odd slices between two
+        # spans are cheap (little gap) and ignored. reduceat needs every index < len(table):
+        # a span ending at the table end is reduced up to the last page, then that page added.
+        n = table.size
+        idx = np.empty(2 * k, dtype=np.int64)
+        idx[0::2] = fs
+        np.minimum(es, n - 1, out=idx[1::2])
+        at_end = es == n
+        lo = np.minimum.reduceat(table, idx)[0::2]
+        if bool(at_end.any()):
+            np.minimum(lo, table[n - 1], out=lo, where=at_end)
+        if want is None:
+            bad = lo <= 0
+        else:
+            hi = np.maximum.reduceat(table, idx)[0::2]
+            if bool(at_end.any()):
+                np.maximum(hi, table[n - 1], out=hi, where=at_end)
+            bad = (lo != want) | (hi != want)
+        if not bool(bad.any()):
+            return -1
+        hits = np.flatnonzero(bad)
+        return int(hits.min() if order is None else order[hits].min())
+    if total <= _EXPAND_LIMIT:
+        vals = table[_expand(first, count)]
+        badp = vals <= 0 if want is None else vals != want
+        if not bool(badp.any()):
+            return -1
+        j = int(np.argmax(badp))
+        pos = np.cumsum(count)
+        return int(np.searchsorted(pos, j, side="right"))
+    for i, (s, c) in enumerate(zip(first.tolist(), count.tolist(), strict=True)):
+        v = table[s:s + c]
+        if bool((v.min() <= 0) if want is None else ((v.min() != want) | (v.max() != want))):
+            return i
+    return -1
 
 
 def _expand(first: np.ndarray, count: np.ndarray) -> np.ndarray:
@@ -870,3 +1141,51 @@ def _as_bytes_array(data: Any) -> np.ndarray:
         raise TypeError(f"data must be bytes-like or a numpy array, not "
                         f"{type(data).__name__}") from None
 
+
+
+def _valid_size(name: Any, size: Any) -> int:
+    size = _check_int(size, "size")
+    if size <= 0 or size % PAGE_SIZE:
+        raise DmaBufError(errno.EINVAL, f"region {name!r}: size {size:#x} must be a positive "
+                          f"multiple of PAGE_SIZE ({PAGE_SIZE}); round it up")
+    return size
+
+
+def _backing_mapping(name: str, size: int, backing: Any) -> Any:
+    """The buffer object a region given ``backing=`` views (see ``PhysMemory.add_region``)."""
+    if isinstance(backing, bool):
+        raise TypeError("backing must be a file descriptor or a writable buffer, not bool")
+    fd: int | None = None
+    if isinstance(backing, (int, np.integer)):
+        fd = int(backing)
+    elif hasattr(backing, "fileno") and not isinstance(backing, (mmap.mmap, np.ndarray)):
+        fd = int(backing.fileno())
+    if fd is not None:
+        try:
+            have = os.fstat(fd).st_size
+        except OSError as e:
+            raise DmaBufError(e.errno or errno.EBADF, f"region {name!r}: backing fd {fd}: "
+                              f"{e.strerror}") from None
+        if have < size:
+            raise DmaBufError(errno.EINVAL, f"region {name!r}: backing file of fd {fd} has "
+                              f"{have:#x} bytes, the region needs {size:#x}; ftruncate it first")
+        try:
+            return mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except OSError as e:
+            raise DmaBufError(e.errno or errno.ENOMEM, f"region {name!r}: cannot map backing fd "
+                              f"{fd} shared read-write: {e.strerror}") from None
+        except (OverflowError, ValueError) as e:
+            raise DmaBufError(errno.EINVAL, f"region {name!r}: cannot map backing fd {fd}: "
+                              f"{e}") from None
+    try:
+        mv = memoryview(backing)
+    except TypeError:
+        raise TypeError(f"backing must be a file descriptor or a writable buffer, not "
+                        f"{type(backing).__name__}") from None
+    if mv.readonly or not mv.c_contiguous:
+        raise DmaBufError(errno.EINVAL, f"region {name!r}: backing buffer must be writable and "
+                          "C-contiguous")
+    if mv.nbytes < size:
+        raise DmaBufError(errno.EINVAL, f"region {name!r}: backing buffer has {mv.nbytes:#x} "
+                          f"bytes, the region needs {size:#x}")
+    return backing if isinstance(backing, mmap.mmap) else mv.cast("B")
