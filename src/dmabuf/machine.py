@@ -72,7 +72,7 @@ class Machine:
         # the stub fence's.
         self._fence_context = 1
         self._state: dict[type, Any] = {}
-        self._tokens: list[contextvars.Token[Machine | None]] = []
+        self._tokens = threading.local()  # per thread: a stack of ContextVar tokens
 
     def __repr__(self) -> str:
         return f"<Machine {self.name} {self.sched!r}>"
@@ -128,11 +128,20 @@ class Machine:
 
     # current machine ------------------------------------------------------------------------
     def __enter__(self) -> Machine:
-        self._tokens.append(_current.set(self))
+        stack: list[contextvars.Token[Machine | None]] | None = getattr(self._tokens, "stack",
+                                                                        None)
+        if stack is None:
+            stack = self._tokens.stack = []
+        stack.append(_current.set(self))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        _current.reset(self._tokens.pop())
+        stack = getattr(self._tokens, "stack", None)
+        if not stack:
+            from dmabuf.errors import ContractViolation
+
+            raise ContractViolation("machine", f"{self!r} left on a thread that did not enter it")
+        _current.reset(stack.pop())
 
 
 def current_machine() -> Machine:

@@ -72,3 +72,40 @@ def test_errors_carry_errno_and_read_well() -> None:
 
     g = pickle.loads(pickle.dumps(f))
     assert isinstance(g, IommuFault) and g.dma_addr == 0x1000
+
+
+def test_two_threads_enter_one_machine_and_leave_out_of_order() -> None:
+    import threading
+
+    m = Machine(name="shared")
+    entered = [threading.Event(), threading.Event()]
+    leave = [threading.Event(), threading.Event()]
+    seen: list[object] = []
+    errors: list[BaseException] = []
+
+    def worker(i: int) -> None:
+        try:
+            with m:
+                entered[i].set()
+                assert leave[i].wait(5.0)
+                seen.append(current_machine())
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    ts = [threading.Thread(target=worker, args=(i,)) for i in (0, 1)]
+    for t in ts:
+        t.start()
+    assert entered[0].wait(5.0) and entered[1].wait(5.0)
+    leave[1].set()          # the second to enter leaves first
+    leave[0].set()
+    for t in ts:
+        t.join(5.0)
+        assert not t.is_alive()
+    assert errors == [] and seen == [m, m]
+
+
+def test_leaving_a_machine_never_entered_is_a_violation() -> None:
+    from dmabuf.errors import ContractViolation
+
+    with pytest.raises(ContractViolation, match="did not enter"):
+        Machine().__exit__(None, None, None)

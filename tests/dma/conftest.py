@@ -53,6 +53,7 @@ class FakeFabric:
         return self.types.get((provider, client), PciP2pdmaMapType.NOT_SUPPORTED)
 
     def provider_at(self, paddr: int) -> tuple[str, int] | None:
+        """(bdf, bus_offset) with the kernel's sign: bus = paddr + bus_offset."""
         for base, size, bdf, off in self.providers:
             if base <= paddr < base + size:
                 return bdf, off
@@ -96,7 +97,7 @@ def rig(machine: Machine) -> Rig:
     fabric = FakeFabric()
     for d in (GPU, NIC, FAR, CPU_NIC):
         fabric.devices.add(d)
-    bus_offset = 0x50_0000_0000          # bus = paddr - bus_offset = 0x10_0000_0000
+    bus_offset = -0x50_0000_0000         # kernel sign: bus = paddr + bus_offset = 0x10_0000_0000
     fabric.add_provider(GPU, bar, bus_offset)
     fabric.types[(GPU, NIC)] = PciP2pdmaMapType.BUS_ADDR
     fabric.types[(GPU, CPU_NIC)] = PciP2pdmaMapType.THRU_HOST_BRIDGE

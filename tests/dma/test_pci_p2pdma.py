@@ -32,7 +32,7 @@ def test_p2pdma_state(rig: Rig) -> None:
     st = pci_p2pdma_state(nic, rig.bar.base + 0x1000)
     assert st.map is PciP2pdmaMapType.BUS_ADDR and st.provider == GPU
     assert pci_p2pdma_bus_addr_map(st, rig.bar.base + 0x1000) == \
-        rig.bar.base + 0x1000 - rig.bus_offset
+        rig.bar.base + 0x1000 + rig.bus_offset
     assert pci_p2pdma_state(nic, rig.ram.base).map is PciP2pdmaMapType.NONE
     assert pci_p2pdma_state(rig.device(FAR), rig.bar.base).map is PciP2pdmaMapType.NOT_SUPPORTED
     with pytest.raises(ContractViolation):
@@ -49,7 +49,7 @@ def test_bus_addr_needs_no_iova_and_reaches_the_bar(rig: Rig) -> None:
     phys = make_ranges([rig.bar.base, rig.ram.base], [8192, 4096])
     m = dma_map_phys_ranges(nic, phys, BIDI)
     assert m.bus_address.tolist() == [True, False]
-    assert int(m.dma["addr"][0]) == rig.bar.base - rig.bus_offset       # bus address
+    assert int(m.dma["addr"][0]) == rig.bar.base + rig.bus_offset       # bus address
     assert m.iova is not None and m.iova[1] == 4096                     # only the RAM part
     assert dom.stats.map_calls == 1
     # the device's DMA to the bus address goes peer-to-peer, bypassing the IOMMU
@@ -66,10 +66,10 @@ def test_bus_addr_needs_no_iova_and_reaches_the_bar(rig: Rig) -> None:
 def test_bus_window_known_from_fabric_without_mapping(rig: Rig) -> None:
     nic = rig.device(NIC)
     rig.pm.view(rig.bar.base + 0x2000, 4)[:] = [1, 2, 3, 4]
-    bus = rig.bar.base + 0x2000 - rig.bus_offset
+    bus = rig.bar.base + 0x2000 + rig.bus_offset
     assert nic.translate(make_ranges([bus], [4])).tolist() == [(rig.bar.base + 0x2000, 4)]
     with pytest.raises(IommuFault):                    # runs past the end of the BAR window
-        nic.translate(make_ranges([rig.bar.base + rig.bar.size - rig.bus_offset - 4], [8]))
+        nic.translate(make_ranges([rig.bar.base + rig.bar.size + rig.bus_offset - 4], [8]))
 
 
 def test_thru_host_bridge_through_iommu_uses_mmio_prot(rig: Rig) -> None:
@@ -85,7 +85,7 @@ def test_thru_host_bridge_through_iommu_uses_mmio_prot(rig: Rig) -> None:
     assert bool((dev.dma_read(m.dma) == 0x77).all())
     # the bus address is NOT routed for this device: it goes to the IOMMU and faults
     with pytest.raises(IommuFault):
-        dev.translate(make_ranges([rig.bar.base - rig.bus_offset], [4]))
+        dev.translate(make_ranges([rig.bar.base + rig.bus_offset], [4]))
     dma_unmap_phys_ranges(dev, m)
 
 

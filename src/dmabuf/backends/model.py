@@ -266,9 +266,9 @@ class ModelKernel:
                            f"PAGE_SIZE ({PAGE_SIZE})")
             m = self.machine
             self.phys = PhysMemory(m)
-            self.ram = self.phys.add_region("ram0", ram_size, MemKind.RAM)
-            self.ram_fd = _share_backing(self.ram)
+            self.ram_fd = _ram_memfd(ram_size)
             weakref.finalize(self, os.close, self.ram_fd)
+            self.ram = self.phys.add_region("ram0", ram_size, MemKind.RAM, backing=self.ram_fd)
             if "system" not in m.state(DmaHeapRegistry).names():
                 system_heap_create(self.phys, region=self.ram, machine=m)
             self.udmabuf = m.state(UdmabufDevice)
@@ -288,28 +288,19 @@ class ModelKernel:
             return ino
 
 
-def _share_backing(region: PhysRegion) -> int:
-    """Give a fresh RAM region a host ``memfd`` backing mapped ``MAP_SHARED`` (adapter).
+def _ram_memfd(size: int) -> int:
+    """A host ``memfd`` of ``size`` bytes to back ``ram0`` (``add_region(backing=fd)``).
 
-    ``PhysRegion`` backs itself with private anonymous memory, which cannot be aliased; the
-    model backend needs host mappings whose pages are the region's, so it swaps the (still
-    untouched) backing for a shared memfd. Returns the memfd (host fd, close-on-exec).
+    The model backend needs host mappings whose pages are the region's, so RAM lives in a
+    shared memfd instead of the private anonymous memory a region gets by default. Returns the
+    memfd (host fd, close-on-exec; the caller closes it).
     """
-    if region.free_pages != region.npages:
-        raise _err(errno.EBUSY, f"region {region.name} is already in use; share it before "
-                   "allocating from it")
-    fd = os.memfd_create(f"pydmabuf-{region.name}", os.MFD_CLOEXEC)
+    fd = os.memfd_create("pydmabuf-ram0", os.MFD_CLOEXEC)
     try:
-        os.ftruncate(fd, region.size)
-        mm = mmap.mmap(fd, region.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        os.ftruncate(fd, size)
     except BaseException:
         os.close(fd)
         raise
-    old = region._mmap
-    region._mmap = mm
-    region.backing = np.frombuffer(mm, dtype=np.uint8)
-    with contextlib.suppress(BufferError):
-        old.close()
     return fd
 
 
@@ -368,7 +359,7 @@ class _ScmInflight:
 
 
 class _VmaState:
-    """What one model mapping holds: the VMA (file reference, view, hooks) and CPython's dup."""
+    """What one model mapping holds: the VMA (file reference, view, vm_close) and CPython's dup."""
 
     def __init__(self, proc: Process, file: File, vma: Vma) -> None:
         self.proc = proc

@@ -551,9 +551,7 @@ class Gpu(Device):
         self.gtt_used = 0
         # VRAM: the visible part aliases the BAR window (same bytes, same page owners).
         self.vram_visible = self._vram_region(f"{self.name}.vram", visible_vram_size,
-                                              region.numa_node)
-        self.vram_visible.backing = region.backing[:visible_vram_size]
-        self.vram_visible.owner = region.owner[:visible_vram_size >> PAGE_SHIFT]
+                                              region.numa_node, alias_of=region)
         self.vram_invisible: PhysRegion | None = None
         if vram_size > visible_vram_size:
             self.vram_invisible = self._vram_region(f"{self.name}.vram.invisible",
@@ -570,16 +568,21 @@ class Gpu(Device):
         self.machine.trace.emit("amdgpu_init", device=self.name, vram=vram_size,
                                 visible=visible_vram_size, bar=bar.index)
 
-    def _vram_region(self, name: str, size: int, node: int) -> PhysRegion:
+    def _vram_region(self, name: str, size: int, node: int,
+                     alias_of: PhysRegion | None = None) -> PhysRegion:
         """A VRAM region: new, or the one a previous binding of this GPU left (regions are
         never removed from the physical address space, like memory that stays in the resource
-        tree); it must have the same size and no page in use."""
+        tree); it must have the same size and no page in use. With ``alias_of`` it is an alias
+        of that region's first ``size`` bytes (``PhysMemory.add_alias``)."""
         phys = self.phys
         try:
             old = phys.region(name)
         except DmaBufError:
+            if alias_of is not None:
+                return phys.add_alias(name, alias_of, 0, size, MemKind.DEVICE, numa_node=node)
             return phys.add_region(name, size, MemKind.DEVICE, numa_node=node)
-        if old.kind is not MemKind.DEVICE or old.size != size or old.free_pages != old.npages:
+        if old.kind is not MemKind.DEVICE or old.size != size or old.free_pages != old.npages \
+                or old.alias_of is not alias_of:
             raise DmaBufError(errno.EBUSY, f"VRAM region {name!r} exists with another size or "
                               "pages in use (rebind with the same vram sizes)")
         return old

@@ -9,7 +9,8 @@ It is also the **requester** every simulated DMA engine goes through. A device e
 
 1. the device's DMA mask — address bits above it do not exist on the wire (fault);
 2. the PCIe switch: an address inside the bus window of a peer BAR that this device reaches with
-   ``BUS_ADDR`` is routed to the peer (``phys = bus + bus_offset``), bypassing the IOMMU;
+   ``BUS_ADDR`` is routed to the peer (``phys = bus - bus_offset``, the kernel's sign), bypassing
+   the IOMMU;
 3. otherwise the TLP goes up to the root complex: through the IOMMU page table when the device is
    in a translating domain (unmapped IOVA -> :class:`~dmabuf.errors.IommuFault`, recorded in the
    domain's fault log), or unchanged (dma-direct: DMA address = physical address);
@@ -21,8 +22,16 @@ It is also the **requester** every simulated DMA engine goes through. A device e
 buffer the mapping was made for, so a DMA through a stale mapping (after free, migration or
 revoke) faults instead of silently touching someone else's memory.
 
-Bus windows are derived from the fabric (``provider_at`` at the base of every MMIO region) and
-from every bus address the mapping functions hand out; see :meth:`DmaDevice.note_bus_window`.
+Bus windows come from the fabric: exactly from ``bus_windows()`` when it implements the optional
+:class:`~dmabuf.dma.fabric.P2PFabricWindows` extension (cached until its ``p2p_generation`` or
+:attr:`PhysMemory.generation <dmabuf.mm.phys.PhysMemory.generation>` changes), otherwise from
+``provider_at`` at the base of every MMIO region (re-probed on every use: such a fabric cannot say
+when a provider appears) — plus every bus address the mapping functions hand out; see
+:meth:`DmaDevice.note_bus_window`.
+
+The physical list a translation produces is coalesced, then cut at region edges
+(:meth:`PhysMemory.split_at_regions <dmabuf.mm.phys.PhysMemory.split_at_regions>`): an IOMMU
+mapping may link the last page of one region and the first of a physically adjacent one.
 
 Kernel: include/linux/device.h (dma_mask, coherent_dma_mask, bus_dma_limit, dma_parms,
 iommu_group), include/linux/dma-map-ops.h (dev_is_dma_coherent), drivers/iommu/iommu.c
@@ -39,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from dmabuf.dma.defs import dma_bit_mask
-from dmabuf.dma.fabric import P2PFabric, PciP2pdmaMapType
+from dmabuf.dma.fabric import P2PFabric, PciP2pdmaMapType, fabric_p2p_generation
 from dmabuf.dma.iommu import IommuDomain, IommuDomainType, IommuFaultRecord
 from dmabuf.errors import DmaBufError, IommuFault
 from dmabuf.mm.phys import MemKind, PhysMemory
@@ -50,6 +59,10 @@ __all__ = ["DmaDevice"]
 
 @dataclass(frozen=True)
 class _BusWindow:
+    """A peer BAR on the bus: ``[bus_start, bus_start + size)``; ``phys = bus - bus_offset``
+    (``bus_offset`` with the kernel's sign). ``bus_start`` / ``size`` are read by the RDMA
+    umem code."""
+
     bus_start: int
     size: int
     bus_offset: int
@@ -125,7 +138,7 @@ class DmaDevice:
                       "bytes_read": 0, "bytes_written": 0}
         self._lock = threading.Lock()
         self._noted_windows: dict[tuple[int, int], _BusWindow] = {}
-        self._window_cache: tuple[int, list[_BusWindow]] | None = None
+        self._window_cache: tuple[tuple[int, int], list[_BusWindow]] | None = None
         self._by_dma: dict[tuple[bytes, int], list[Any]] = {}
         if iommu is not None:
             self.attach_domain(iommu)
@@ -178,13 +191,27 @@ class DmaDevice:
 
     # ------------------------------------------------------------------ bus windows
     def note_bus_window(self, provider: str, paddr: int, bus_offset: int) -> None:
-        """Remember the bus window of the MMIO region holding ``paddr`` (called by mappers)."""
+        """Remember the bus window of the MMIO region holding ``paddr`` (called by mappers).
+
+        Args:
+            provider: BDF of the peer owning the BAR.
+            paddr: a CPU physical address in the BAR's MMIO region.
+            bus_offset: **legacy sign** ``paddr - bus_addr`` (what
+                :attr:`P2pdmaMapState.bus_offset <dmabuf.dma.pci_p2pdma.P2pdmaMapState.bus_offset>`
+                gives), i.e. the negated kernel ``bus_offset``; kept for existing callers.
+
+        Context:
+            Takes the device's small lock; never blocks.
+
+        Raises:
+            IommuFault: ``paddr`` is in no region.
+        """
         region = self.phys.region_at(paddr)
-        key = (region.base, bus_offset)
+        key = (region.base, -bus_offset)
         if key not in self._noted_windows:
             with self._lock:
                 self._noted_windows[key] = _BusWindow(region.base - bus_offset, region.size,
-                                                      bus_offset, provider)
+                                                      -bus_offset, provider)
                 self._window_cache = None
 
     def _bus_windows(self) -> list[_BusWindow]:
@@ -192,20 +219,34 @@ class DmaDevice:
         fabric = self.fabric
         if fabric is None:
             return []
-        regions = self.phys.regions
+        gen = fabric_p2p_generation(fabric)
         cache = self._window_cache
-        if cache is not None and cache[0] == len(regions):
+        if gen is not None and cache is not None and cache[0] == (self.phys.generation, gen):
             return cache[1]
-        found: dict[tuple[int, int], _BusWindow] = dict(self._noted_windows)
-        for reg in regions:
-            if reg.kind is not MemKind.MMIO:
+        found: dict[tuple[int, int], _BusWindow] = {}
+        if gen is not None:
+            for w in fabric.bus_windows():  # type: ignore[attr-defined]
+                off = int(w.bus_offset)
+                found.setdefault((int(w.cpu_start), off),
+                                 _BusWindow(int(w.cpu_start) + off, int(w.size), off,
+                                            str(w.provider)))
+        else:
+            for reg in self.phys.regions:
+                if reg.kind is not MemKind.MMIO:
+                    continue
+                hit = fabric.provider_at(reg.base)
+                if hit is None:
+                    continue
+                prov, off = hit
+                found.setdefault((reg.base, int(off)),
+                                 _BusWindow(reg.base + int(off), reg.size, int(off), prov))
+        # Windows learnt from mappings, unless the fabric already describes that bus range.
+        known = [(w.bus_start, w.bus_start + w.size) for w in found.values()]
+        for key, w in list(self._noted_windows.items()):
+            if key in found or any(s < w.bus_start + w.size and w.bus_start < e
+                                   for s, e in known):
                 continue
-            hit = fabric.provider_at(reg.base)
-            if hit is None:
-                continue
-            prov, off = hit
-            found.setdefault((reg.base, int(off)),
-                             _BusWindow(reg.base - int(off), reg.size, int(off), prov))
+            found[key] = w
         wins = []
         for w in found.values():
             try:
@@ -215,7 +256,8 @@ class DmaDevice:
             if mt is PciP2pdmaMapType.BUS_ADDR:
                 wins.append(w)
         wins.sort(key=lambda w: w.bus_start)
-        self._window_cache = (len(regions), wins)
+        if gen is not None:
+            self._window_cache = (self.phys.generation, gen), wins
         return wins
 
     # ------------------------------------------------------------------ translation
@@ -295,8 +337,8 @@ class DmaDevice:
             if c >= 0:
                 w = wins[c]
                 out = run.copy()
-                out["addr"] = run["addr"] + np.uint64(w.bus_offset) if w.bus_offset >= 0 else \
-                    run["addr"] - np.uint64(-w.bus_offset)
+                out["addr"] = run["addr"] - np.uint64(w.bus_offset) if w.bus_offset >= 0 else \
+                    run["addr"] + np.uint64(-w.bus_offset)
                 pieces.append(out)
             elif self.iommu is not None and self.iommu.translates:
                 try:
@@ -308,6 +350,7 @@ class DmaDevice:
             else:
                 pieces.append(run.copy())
         phys = coalesce(np.concatenate(pieces)) if len(pieces) > 1 else coalesce(pieces[0])
+        phys = self.phys.split_at_regions(phys)
         self._check_target(phys, acc)
         return phys
 
@@ -320,7 +363,7 @@ class DmaDevice:
                 if a + n > w.bus_start + w.size:
                     raise self._fault(a, acc, f"range runs past the end of peer BAR window of "
                                       f"{w.provider}")
-                phys = np.array([(a + w.bus_offset, n)], dtype=RANGE_DTYPE)
+                phys = np.array([(a - w.bus_offset, n)], dtype=RANGE_DTYPE)
                 break
         else:
             if self.iommu is not None and self.iommu.translates:
@@ -332,6 +375,7 @@ class DmaDevice:
                     raise f from None
             else:
                 phys = r.copy()
+        phys = self.phys.split_at_regions(phys)
         self._check_target(phys, acc)
         return phys
 

@@ -157,7 +157,7 @@ def iova_reserve_pci_windows(domain: IommuDomain, dev: DmaDevice) -> None:
     A DMA to an address inside a peer's BAR window is routed by the PCIe switches before it ever
     reaches the IOMMU, so such addresses must never be handed out as IOVAs. The kernel reserves
     the host bridge windows when the domain is set up; the model reserves the bus range of every
-    MMIO region of the device's physical memory (``bus = paddr - bus_offset`` from the fabric,
+    MMIO region of the device's physical memory (``bus = paddr + bus_offset`` from the fabric,
     0 without one), lazily as regions appear. A window that overlaps a live IOVA allocation
     (a BAR added after mappings were made) cannot be reserved: the model WARNs.
 
@@ -176,8 +176,8 @@ def iova_reserve_pci_windows(domain: IommuDomain, dev: DmaDevice) -> None:
             hit = dev.fabric.provider_at(reg.base)
             if hit is not None:
                 off = int(hit[1])
-        lo = (reg.base - off) >> iovad.shift
-        hi = (reg.base - off + reg.size - 1) >> iovad.shift
+        lo = (reg.base + off) >> iovad.shift
+        hi = (reg.base + off + reg.size - 1) >> iovad.shift
         if lo < 1 or hi > (domain.aperture_end >> iovad.shift):
             continue
         try:

@@ -14,6 +14,19 @@ with the kernel's values and the :class:`P2PFabric` protocol — and ``dmabuf.pc
 protocol (``dmabuf.pci.topology.Topology``). The DMA layer receives a fabric object and never
 learns how it was built.
 
+**Bus offsets follow the kernel's sign**: ``bus_addr = paddr + bus_offset``
+(``struct p2pdma_provider.bus_offset`` = ``pci_bus_address() - pci_resource_start()``, used by
+``pci_p2pdma_bus_addr_map()``). It is 0 on x86; non-zero where a host bridge translates (some
+arm64/POWER systems). Until this revision the protocol returned the negation (``cpu - bus``);
+``P2pdmaMapState.bus_offset`` and ``DmaDevice.note_bus_window()`` keep that old sign for their
+existing callers (see their docstrings).
+
+**Optional extension** (probed with ``getattr``, never required): a fabric that also offers
+``p2p_generation`` (an int bumped whenever the set of providers changes) and ``bus_windows()``
+(every provider BAR as a :class:`P2PBusWindow`) — :class:`P2PFabricWindows` — lets a device know
+its peer windows exactly, including those set up after it last looked and those no memory region
+covers. ``dmabuf.pci.topology.Topology`` implements it.
+
 Kernel: include/linux/pci-p2pdma.h (enum pci_p2pdma_map_type, struct pci_p2pdma_map_state),
 drivers/pci/p2pdma.c (pci_p2pdma_map_type(), pci_p2pdma_state()).
 """
@@ -21,9 +34,11 @@ drivers/pci/p2pdma.c (pci_p2pdma_map_type(), pci_p2pdma_state()).
 from __future__ import annotations
 
 import enum
-from typing import Protocol, runtime_checkable
+from collections.abc import Sequence
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
-__all__ = ["P2PFabric", "PciP2pdmaMapType"]
+__all__ = ["P2PBusWindow", "P2PFabric", "P2PFabricWindows", "PciP2pdmaMapType",
+           "fabric_p2p_generation"]
 
 
 class PciP2pdmaMapType(enum.IntEnum):
@@ -43,8 +58,8 @@ class PciP2pdmaMapType(enum.IntEnum):
     * ``NOT_SUPPORTED`` (2) — ``PCI_P2PDMA_MAP_NOT_SUPPORTED``: the pair cannot do P2P (the path
       crosses a host bridge that is not allowed); mapping fails with ``-EREMOTEIO``.
     * ``BUS_ADDR`` (3) — ``PCI_P2PDMA_MAP_BUS_ADDR``: the TLPs are routed by a switch below the
-      host bridge; the client uses the PCI bus address (``paddr - bus_offset`` in this model's
-      convention, see :meth:`P2PFabric.provider_at`) and the IOMMU is bypassed.
+      host bridge; the client uses the PCI bus address (``paddr + bus_offset``, the kernel's
+      sign, see :meth:`P2PFabric.provider_at`) and the IOMMU is bypassed.
     * ``THRU_HOST_BRIDGE`` (4) — ``PCI_P2PDMA_MAP_THRU_HOST_BRIDGE``: the TLPs go up to the root
       complex; the client maps the CPU physical address through the IOMMU (or dma-direct) like
       normal memory, with MMIO attributes (``DMA_ATTR_MMIO``).
@@ -107,11 +122,11 @@ class P2PFabric(Protocol):
         ``pci_p2pdma_add_resource()``, which calls it).
 
         Returns:
-            ``(provider_bdf, bus_offset)`` with ``bus_addr = paddr - bus_offset``, or ``None`` if
-            the address is in no provider's BAR. NB: this ``bus_offset`` is ``cpu - bus``, the
-            *negation* of the kernel's ``p2pdma_provider.bus_offset`` (kernel:
-            ``bus = paddr + bus_offset``, ``pci_p2pdma_bus_addr_map()``); the sign was fixed by
-            the issue's interface. It is 0 on x86.
+            ``(provider_bdf, bus_offset)`` with the kernel's sign, ``bus_addr = paddr +
+            bus_offset`` (``p2pdma_provider.bus_offset``, ``pci_p2pdma_bus_addr_map()``), or
+            ``None`` if the address is in no provider's BAR. It is 0 on x86. (Before this
+            revision the protocol returned ``cpu - bus``, the negation; implementations and
+            callers were updated together.)
 
         Kernel: drivers/pci/p2pdma.c, struct pci_p2pdma_pagemap (provider, bus_offset);
         include/linux/memremap.h, is_pci_p2pdma_page().
@@ -137,3 +152,61 @@ class P2PFabric(Protocol):
         Kernel: drivers/iommu/iommu.c, iommu_group_id(); /sys/bus/pci/devices/*/iommu_group.
         """
         ...
+
+
+class P2PBusWindow(NamedTuple):
+    """One provider BAR as the switches see it — for :meth:`P2PFabricWindows.bus_windows`.
+
+    Attributes:
+        provider: BDF of the device owning the BAR.
+        cpu_start: CPU physical address of the BAR's first byte.
+        size: bytes.
+        bus_offset: kernel sign: ``bus_addr = cpu_addr + bus_offset``.
+    """
+
+    provider: str
+    cpu_start: int
+    size: int
+    bus_offset: int
+
+    @property
+    def bus_start(self) -> int:
+        """PCI bus address of the first byte (``cpu_start + bus_offset``)."""
+        return self.cpu_start + self.bus_offset
+
+
+@runtime_checkable
+class P2PFabricWindows(Protocol):
+    """Optional extension of :class:`P2PFabric`: the exact set of provider windows.
+
+    The DMA layer probes for it with ``getattr`` (a fabric without it still works: a device
+    then derives its windows from the MMIO regions of its physical memory, re-probing on every
+    use because it cannot know when a provider appears).
+    """
+
+    @property
+    def p2p_generation(self) -> int:
+        """A counter that changes whenever the providers change (``pcim_p2pdma_init()``,
+        ``pci_p2pdma_release()``); caches of :meth:`bus_windows` compare it."""
+        ...
+
+    def bus_windows(self) -> Sequence[P2PBusWindow]:
+        """Every MEM BAR of every initialised provider, by ascending ``cpu_start``.
+
+        Context:
+            Never blocks.
+
+        Kernel: the whole-BAR providers of drivers/pci/p2pdma.c (``pdev->p2pdma->mem[]``).
+        """
+        ...
+
+
+def fabric_p2p_generation(fabric: Any) -> int | None:
+    """The fabric's ``p2p_generation`` if it implements :class:`P2PFabricWindows` (both the
+    counter and ``bus_windows()``), else ``None`` — the probe the DMA layer uses."""
+    gen = getattr(fabric, "p2p_generation", None)
+    if isinstance(gen, bool) or not isinstance(gen, int):
+        return None
+    if not callable(getattr(fabric, "bus_windows", None)):
+        return None
+    return gen

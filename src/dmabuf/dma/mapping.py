@@ -63,7 +63,7 @@ from dmabuf.dma.dma_iommu import (
     iommu_dma_unmap_range,
 )
 from dmabuf.dma.fabric import PciP2pdmaMapType
-from dmabuf.dma.pci_p2pdma import pci_p2pdma_state
+from dmabuf.dma.pci_p2pdma import pci_p2pdma_bus_addr_map, pci_p2pdma_state
 from dmabuf.errors import ContractViolation, DmaBufError, IommuFault
 from dmabuf.mm.phys import MemKind
 from dmabuf.mm.ranges import RANGE_DTYPE, as_ranges, coalesce
@@ -384,8 +384,8 @@ def dma_map_phys_ranges(dev: DmaDevice, ranges: Any, direction: DmaDataDirection
                 map_types[st.provider] = st.map
             if st.map is PciP2pdmaMapType.BUS_ADDR:
                 is_bus[k] = True
-                dma[k] = a - st.bus_offset
-                dev.note_bus_window(st.provider or "", a, st.bus_offset)
+                dma[k] = pci_p2pdma_bus_addr_map(st, a)
+                dev.note_bus_window(st.provider or "", a, st.bus_offset)   # legacy sign
             elif st.map in (PciP2pdmaMapType.THRU_HOST_BRIDGE, PciP2pdmaMapType.NONE):
                 is_mmio[k] = True
             else:

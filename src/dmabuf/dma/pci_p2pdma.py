@@ -8,7 +8,7 @@ turns a CPU physical address into the bus address.
 
 The answers come from the device's :class:`~dmabuf.dma.fabric.P2PFabric` (implemented by
 ``dmabuf.pci``); a device without a fabric sees every address as ``NONE``. Bus addresses follow
-the fabric's convention ``bus = paddr - bus_offset``.
+the kernel: ``bus = paddr + bus_offset`` (``p2pdma_provider.bus_offset``).
 
 Kernel: include/linux/pci-p2pdma.h (struct pci_p2pdma_map_state, pci_p2pdma_state(),
 pci_p2pdma_bus_addr_map()), drivers/pci/p2pdma.c (__pci_p2pdma_update_state()).
@@ -33,13 +33,25 @@ class P2pdmaMapState:
 
     Attributes:
         map: the routing decision (``NONE`` for memory that is not P2P memory).
-        provider: BDF of the providing device (``None`` for ``NONE``).
-        bus_offset: ``paddr - bus_addr`` of the provider's published BAR (0 for ``NONE``).
+        provider: BDF of the providing device (``state->mem->owner``; ``None`` for ``NONE``).
+        provider_bus_offset: the provider's ``bus_offset`` with the kernel's sign,
+            ``bus = paddr + provider_bus_offset`` (``state->mem->bus_offset``; 0 for ``NONE``).
+            Use :func:`pci_p2pdma_bus_addr_map` rather than doing the arithmetic.
     """
 
     map: PciP2pdmaMapType
     provider: str | None = None
-    bus_offset: int = 0
+    provider_bus_offset: int = 0
+
+    @property
+    def bus_offset(self) -> int:
+        """Legacy: ``paddr - bus_addr`` (the *negated* kernel ``bus_offset``).
+
+        Kept with the sign it always had for existing callers (``bus = paddr - bus_offset``,
+        and :meth:`~dmabuf.dma.device.DmaDevice.note_bus_window`); new code uses
+        :func:`pci_p2pdma_bus_addr_map` or :attr:`provider_bus_offset`.
+        """
+        return -self.provider_bus_offset
 
 
 _NONE = P2pdmaMapState(PciP2pdmaMapType.NONE)
@@ -78,6 +90,8 @@ def pci_p2pdma_state(dev: DmaDevice, paddr: int) -> P2pdmaMapState:
 def pci_p2pdma_bus_addr_map(state: P2pdmaMapState, paddr: int) -> int:
     """PCI bus address of ``paddr`` for a ``BUS_ADDR`` state — ``pci_p2pdma_bus_addr_map()``.
 
+    ``paddr + state->mem->bus_offset``.
+
     Raises:
         ContractViolation("pci_p2pdma_bus_addr_map"): the state is not ``BUS_ADDR``
             (the kernel WARNs and returns an unusable address).
@@ -86,4 +100,4 @@ def pci_p2pdma_bus_addr_map(state: P2pdmaMapState, paddr: int) -> int:
         from dmabuf.errors import ContractViolation
         raise ContractViolation("pci_p2pdma_bus_addr_map",
                                 f"map type is {state.map.name}, not BUS_ADDR")
-    return int(paddr) - state.bus_offset
+    return int(paddr) + state.provider_bus_offset

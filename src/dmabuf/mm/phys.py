@@ -59,7 +59,7 @@ from typing import Any
 import numpy as np
 
 from dmabuf.errors import ContractViolation, DmaBufError, IommuFault
-from dmabuf.mm.ranges import RANGE_DTYPE, as_ranges, coalesce, range_starts, split_ranges
+from dmabuf.mm.ranges import RANGE_DTYPE, as_ranges, coalesce, split_ranges
 
 __all__ = [
     "OWNER_FREE",
@@ -268,6 +268,8 @@ class PhysMemory:
         self._bases = np.zeros(0, dtype=np.uint64)
         self._ends = np.zeros(0, dtype=np.uint64)
         self._base_list: list[int] = []
+        #: Sorted region bases and ends (for split_at_regions).
+        self._edges: list[int] = []
         self._owner_labels: dict[int, str] = {}
         self._next_owner = 1
         self._lock = threading.Lock()
@@ -463,6 +465,7 @@ class PhysMemory:
             self._bases = np.array([r.base for r in self._regions], dtype=np.uint64)
             self._ends = np.array([r.end for r in self._regions], dtype=np.uint64)
             self._base_list = [r.base for r in self._regions]
+            self._edges = sorted({r.base for r in self._regions} | {r.end for r in self._regions})
             self._generation += 1
         return region
 
@@ -504,6 +507,65 @@ class PhysMemory:
             IommuFault (EFAULT): a range is not inside one region.
         """
         return self._locate(ranges).region.copy()
+
+    def split_at_regions(self, ranges: Any) -> np.ndarray:
+        """Cut every range at the region edges it crosses (physically adjacent regions).
+
+        Two regions may be adjacent in the physical address space (``ram0`` ending where
+        ``vram0`` begins), so a list coalesced without knowing the regions — the output of an
+        IOMMU page walk, a device's DMA list — can hold a range running from one into the
+        next. Every other method takes ranges that each lie inside one region; this returns the
+        list cut at region boundaries, same bytes, same order. Ranges (or parts) outside every
+        region are kept as they are, so the caller's next access faults on them.
+
+        Args:
+            ranges: a range list.
+
+        Context:
+            Lock-free; never blocks.
+
+        Returns:
+            ``ranges`` itself when nothing crosses an edge (the common case), else a new list.
+
+        Raises:
+            TypeError / DmaBufError(EOVERFLOW): not a valid range list.
+        """
+        r = as_ranges(ranges)
+        edges = self._edges
+        if r.size == 0 or len(edges) <= 1:
+            return r
+        if r.size == 1:
+            a0, n0 = r.tolist()[0]
+            i = bisect.bisect_right(edges, a0)
+            if i >= len(edges) or edges[i] >= a0 + n0:
+                return r
+        a = r["addr"]
+        e = a + r["len"]
+        ed = np.asarray(edges, dtype=np.uint64)
+        lo = np.searchsorted(ed, a, side="right")
+        hi = np.searchsorted(ed, e, side="left")
+        cuts = np.maximum(hi - lo, 0).astype(np.int64)
+        if not bool(cuts.any()):
+            return r
+        pieces = cuts + 1
+        total = int(pieces.sum())
+        owner = np.repeat(np.arange(r.size, dtype=np.int64), pieces)
+        base = np.zeros(r.size, dtype=np.int64)
+        np.cumsum(pieces[:-1], out=base[1:])
+        k = np.arange(total, dtype=np.int64) - base[owner]        # piece number in its range
+        has_cut = cuts[owner] > 0
+        # piece k of range i starts at edge lo[i] + k - 1 (k >= 1) and ends at edge lo[i] + k
+        start = a[owner].copy()
+        j = (lo[owner] + k - 1)[has_cut & (k > 0)]
+        start[has_cut & (k > 0)] = ed[j]
+        stop = e[owner].copy()
+        last = k == pieces[owner] - 1
+        j2 = (lo[owner] + k)[~last]
+        stop[~last] = ed[j2]
+        out = np.empty(total, dtype=RANGE_DTYPE)
+        out["addr"] = start
+        out["len"] = stop - start
+        return out
 
     # ------------------------------------------------------------------ owners
 
@@ -655,10 +717,19 @@ class PhysMemory:
 
         Raises:
             TypeError: wrong types.
-            DmaBufError(EINVAL): ``nbytes <= 0``, bad ``max_extent``, unknown owner, an MMIO region
-                (BAR apertures are not allocatable RAM; use the p2pmem allocator of ``pci``).
+            DmaBufError(EINVAL): ``nbytes <= 0``, bad ``max_extent``, unknown owner, a region of
+                another PhysMemory.
             DmaBufError(ENOMEM): not enough free pages (or no extent large enough when
                 contiguous); the message gives the free pages and the largest extent.
+
+        Every kind of region is allocatable, ``MMIO`` included: the page allocator here stands
+        for whatever allocator owns the region, and for a BAR that is its driver — habanalabs
+        carves its HBM out of the DRAM BAR's region (``devices.accel``), the GPU allocates VRAM
+        from its ``DEVICE`` region, which aliases the BAR window. Generic P2P memory
+        (``pci_alloc_p2pmem``) comes from the ``pci`` genpool, not from here. Model choice: the
+        kernel's buddy allocator never sees BAR memory at all; refusing MMIO here would break
+        the drivers that model their own BAR allocators with it. Pages of an alias window
+        (:meth:`add_alias`) are allocated through the alias, never through its target.
 
         Kernel: mm/page_alloc.c, __alloc_pages(); mm/cma.c, cma_alloc().
         """
@@ -755,7 +826,8 @@ class PhysMemory:
             DmaBufError(EINVAL): a range is not page aligned.
             IommuFault (EFAULT): a range is outside every region.
             ContractViolation("free_pages"): a page is not allocated (double free, never
-                allocated) or listed twice — the kernel's "Bad page state" BUG.
+                allocated) or listed twice — the kernel's "Bad page state" BUG; or a page of an
+                alias window freed through the aliased region (free it through the alias).
 
         Kernel: mm/page_alloc.c, __free_pages(), free_pages_prepare(); mm/page_poison.c.
         """
@@ -777,6 +849,15 @@ class PhysMemory:
                                             f"{region.base + (int(s[j]) << PAGE_SHIFT):#x} is "
                                             "listed twice in one free() call")
                 self._check_pages(region, s, c, None, rule="free_pages")
+                for w0, wn, alias in region._alias_windows:
+                    inside = (s < w0 + wn) & (s + c > w0)
+                    if bool(inside.any()):
+                        j = int(np.argmax(inside))
+                        page = max(int(s[j]), w0)
+                        raise ContractViolation("free_pages", f"{region.name}: page "
+                                                f"{region.base + (page << PAGE_SHIFT):#x} is in "
+                                                f"the window aliased by {alias.name!r}; free it "
+                                                "through the alias (its allocator owns it)")
             for region, first, count in groups:
                 self._assign(region, first, count, OWNER_POISON)
                 fs = np.concatenate((region._free_start, first))
@@ -1070,10 +1151,12 @@ def _first_bad_span(table: np.ndarray, first: np.ndarray, count: np.ndarray,
         fs, es = first[order], ends[order]
     span = int(es.max()) - int(fs[0])
     if span <= 2 * total + 1024:
-        # Dense: reduce over [fs[i], es[i]) of the table itself; the odd slices between two
-        # spans are cheap (little gap) and ignored. reduceat needs every index < len(table):
-        # a span ending at the table end is reduced up to the last page, then that page added.
-        n = table.size
+        # Dense: reduce over [fs[i], es[i]) of the table itself (cut at the last page used, so
+        # the trailing slice is bounded too); the odd slices between two spans are cheap
+        # (little gap) and ignored. reduceat needs every index < len(table): a span ending at
+        # the cut is reduced up to the last page, then that page is added.
+        n = int(es.max())
+        table = table[:n]
         idx = np.empty(2 * k, dtype=np.int64)
         idx[0::2] = fs
         np.minimum(es, n - 1, out=idx[1::2])

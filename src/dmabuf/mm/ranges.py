@@ -147,6 +147,11 @@ def as_ranges(obj: Any) -> np.ndarray:
         TypeError: not a range list.
         DmaBufError(EINVAL / EOVERFLOW): negative values, wrap past 2^64.
     """
+    return _as_ranges(obj, True)
+
+
+def _as_ranges(obj: Any, check: bool) -> np.ndarray:
+    """:func:`as_ranges`; ``check=False`` skips the wrap check of an array (the caller does it)."""
     if isinstance(obj, np.ndarray):
         if obj.dtype != RANGE_DTYPE:
             if obj.dtype.names == ("addr", "len"):
@@ -155,7 +160,8 @@ def as_ranges(obj: Any) -> np.ndarray:
                 raise TypeError(f"expected a RANGE_DTYPE array (addr <u8, len <u8), got dtype "
                                 f"{obj.dtype}; build one with dmabuf.mm.make_ranges()")
         obj = obj.reshape(-1)
-        _check_overflow(obj)
+        if check:
+            _check_overflow(obj)
         return obj
     if isinstance(obj, (str, bytes, int)) or not isinstance(obj, Iterable):
         raise TypeError(f"expected a range list, got {type(obj).__name__}")
@@ -199,16 +205,47 @@ def _copy_ranges(r: np.ndarray) -> np.ndarray:
     return out
 
 
-def _pack(a: np.ndarray, ends: np.ndarray, first: np.ndarray) -> np.ndarray:
-    """Ranges ``[a[first[k]], ends[first[k+1] - 1])``: pieces of contiguous ranges, in order."""
-    out = np.empty(first.size, dtype=RANGE_DTYPE)
-    fa = a[first]
-    out["addr"] = fa
-    last_end = np.empty(first.size, dtype=np.uint64)
-    last_end[:-1] = ends[first[1:] - 1]
-    last_end[-1] = ends[-1]
-    out["len"] = last_end - fa
-    return out
+#: Ranges compared per block when looking for run boundaries: the temporaries stay small
+#: (64 KiB), so they are recycled by malloc instead of being fresh, page-faulting mappings.
+_BLOCK = 8192
+
+
+def _breaks(a: np.ndarray, n: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """Indices ``i`` where range ``i + 1`` does not continue range ``i`` (sorted, int64).
+
+    Also the wrap check of :func:`as_ranges` (``addr + len`` past 2^64 raises ``EOVERFLOW``,
+    naming the range of ``r``), done on the same block-sized temporaries.
+    """
+    count = a.size
+    last = int(a[-1]) + int(n[-1])
+    if last > _U64_MAX:
+        _check_overflow(r)
+    parts: list[np.ndarray] = []
+    for s in range(0, count - 1, _BLOCK):
+        e = min(s + _BLOCK, count - 1)
+        blk_a = a[s:e]
+        ends = blk_a + n[s:e]                       # wraps silently: checked just below
+        if bool(np.less(ends, blk_a).any()):
+            _check_overflow(r)
+        nb = np.flatnonzero(a[s + 1:e + 1] != ends)
+        if nb.size:
+            parts.append(nb + s if s else nb)
+    if not parts:
+        return np.zeros(0, dtype=np.int64)
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def _pack(a: np.ndarray, n: np.ndarray, brk: np.ndarray) -> np.ndarray:
+    """Merge contiguous ranges into pieces; a piece ends after each index in ``brk`` (sorted)
+    and at the end. A piece is ``[addr of its first range, end of its last range)``."""
+    out = np.empty((brk.size + 1, 2), dtype=np.uint64)
+    out[0, 0] = a[0]
+    np.take(a[1:], brk, out=out[1:, 0], mode="clip")      # "raise" would buffer `out`
+    out[-1, 1] = a[-1] + n[-1]
+    np.take(a, brk, out=out[:-1, 1], mode="clip")
+    out[:-1, 1] += n[brk]
+    np.subtract(out[:, 1], out[:, 0], out=out[:, 1])
+    return out.view(RANGE_DTYPE).reshape(-1)
 
 
 def _coalesce_loop(al: list[int], nl: list[int], max_len: int) -> np.ndarray:
@@ -257,7 +294,7 @@ def _greedy_starts(n: np.ndarray, lo: np.ndarray, hi: np.ndarray, max_len: int) 
     app = out.append
     run_ends = (off + cnt).tolist()
     if (2 * (total // max_len) + 2 * lo.size) * 8 < m:
-        ev = memoryview(e)
+        ev = e.data
         for i, end in zip(off.tolist(), run_ends, strict=True):
             while i < end:
                 app(i)
@@ -266,7 +303,7 @@ def _greedy_starts(n: np.ndarray, lo: np.ndarray, hi: np.ndarray, max_len: int) 
     else:
         nxt = np.searchsorted(e, e[:m] + np.uint64(max_len), side="right").astype(np.int64) - 1
         np.maximum(nxt, np.arange(1, m + 1, dtype=np.int64), out=nxt)
-        nv = memoryview(nxt)
+        nv = nxt.data
         for i, end in zip(off.tolist(), run_ends, strict=True):
             while i < end:
                 app(i)
@@ -305,7 +342,7 @@ def coalesce(ranges: np.ndarray, *, max_len: int | None = None) -> np.ndarray:
 
     Kernel: lib/scatterlist.c, sg_alloc_append_table_from_pages() (merging of contiguous pages).
     """
-    r = as_ranges(ranges)
+    r = _as_ranges(ranges, False)
     cap: int | None = None
     if max_len is not None:
         if isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer)):
@@ -314,9 +351,8 @@ def coalesce(ranges: np.ndarray, *, max_len: int | None = None) -> np.ndarray:
         if cap <= 0:
             raise DmaBufError(errno.EINVAL, "coalesce: max_len must be positive")
     if r.size <= 1:
-        if r.size == 1 and int(r["len"][0]):
-            return _copy_ranges(r)
-        return empty_ranges()
+        _check_overflow(r)
+        return _copy_ranges(r) if r.size == 1 and int(r["len"][0]) else empty_ranges()
     a = r["addr"]
     n = r["len"]
     whole = True
@@ -329,9 +365,9 @@ def coalesce(ranges: np.ndarray, *, max_len: int | None = None) -> np.ndarray:
             return empty_ranges()
     count = a.size
     if cap is not None and count <= 32:
+        _check_overflow(r)
         return _coalesce_loop(a.tolist(), n.tolist(), cap)
-    ends = a + n
-    brk = np.flatnonzero(a[1:] != ends[:-1])
+    brk = _breaks(a, n, r)
     if brk.size == count - 1:                       # nothing merges
         if whole:
             return _copy_ranges(r)
@@ -339,18 +375,18 @@ def coalesce(ranges: np.ndarray, *, max_len: int | None = None) -> np.ndarray:
         out["addr"] = a
         out["len"] = n
         return out
+    if cap is None:
+        return _pack(a, n, brk)
     first = np.empty(brk.size + 1, dtype=np.int64)
     first[0] = 0
     np.add(brk, 1, out=first[1:])
-    if cap is None:
-        return _pack(a, ends, first)
     run_end = np.empty_like(first)
     run_end[:-1] = first[1:]
     run_end[-1] = count
-    run_len = ends[run_end - 1] - a[first]
+    run_len = a[run_end - 1] + n[run_end - 1] - a[first]
     long_runs = np.flatnonzero(run_len > np.uint64(cap))
     if long_runs.size == 0:
-        return _pack(a, ends, first)
+        return _pack(a, n, brk)
     # Piece starts: every run start, plus the cuts inside the runs longer than the cap.
     starts = np.zeros(count, dtype=bool)
     starts[first] = True
@@ -378,7 +414,7 @@ def coalesce(ranges: np.ndarray, *, max_len: int | None = None) -> np.ndarray:
             # the prefix sums could wrap: the reference loop on Python ints (never in practice)
             return _coalesce_loop(a.tolist(), n.tolist(), cap)
         starts[_greedy_starts(n, lf[other], le[other], cap)] = True
-    return _pack(a, ends, np.flatnonzero(starts))
+    return _pack(a, n, np.flatnonzero(starts[1:]))
 
 
 def slice_ranges(ranges: np.ndarray, offset: int, length: int) -> np.ndarray:

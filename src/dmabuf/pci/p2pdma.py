@@ -273,6 +273,7 @@ def _rebuild_provider_index(topo: Topology) -> None:
                 entries.append((b.start, b.end, prov))
     entries.sort(key=lambda e: e[0])
     topo._provider_index = ([e[0] for e in entries], entries)
+    topo._p2p_generation += 1          # P2PFabricWindows: cached peer windows are stale
 
 
 def find_provider(topo: Topology, paddr: int) -> P2pdmaProvider | None:

@@ -66,8 +66,8 @@ from dmabuf.pci.topology import (
     parse_bdf,
 )
 
-__all__ = ["DEVICE_TYPES", "default_topology", "default_topology_path", "load_toml",
-           "loads_toml", "parse_size"]
+__all__ = ["DEVICE_TYPES", "TomlLocator", "default_topology", "default_topology_path",
+           "load_toml", "loads_toml", "parse_size"]
 
 FORMAT_VERSION = 1
 
@@ -144,8 +144,17 @@ def parse_size(value: Any, what: str) -> int:
     return n
 
 
-class _Locator:
-    """Find the line of a table or key in TOML text (tomllib has no value positions)."""
+class TomlLocator:
+    """Find the line of a table or key in TOML text (tomllib has no value positions).
+
+    ``tomllib`` reports positions only for syntax errors; loaders that want ``file:line``
+    messages for semantic errors (this module, the scenario parser of ``dmabuf.sim.scenario``)
+    scan the text for the n-th table header and the key inside it.
+
+    Args:
+        text: the TOML document.
+    Kernel: none.
+    """
 
     _HDR = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_.\-]+)\s*\]\]?\s*(#.*)?$")
 
@@ -205,10 +214,14 @@ class _Locator:
         return start
 
 
+#: The former private name, kept as an alias for existing imports.
+_Locator = TomlLocator
+
+
 class _Ctx:
     def __init__(self, path: str, text: str) -> None:
         self.path = path
-        self.loc = _Locator(text)
+        self.loc = TomlLocator(text)
 
     def fail(self, line: int | None, msg: str) -> DmaBufError:
         return DmaBufError(errno.EINVAL, f"{self.path}:{line or 1}: {msg}")

@@ -44,7 +44,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from dmabuf.dma.fabric import PciP2pdmaMapType
+from dmabuf.dma.fabric import P2PBusWindow, PciP2pdmaMapType
 from dmabuf.errors import DmaBufError
 from dmabuf.pci.pci_regs import (
     IORESOURCE_IO,
@@ -524,6 +524,8 @@ class Topology:
         self.lock = threading.RLock()
         #: CPU-address-sorted MEM BARs of initialised providers (see p2pdma.provider_at).
         self._provider_index: Any = None
+        #: Bumped whenever the provider index is rebuilt (P2PFabricWindows.p2p_generation).
+        self._p2p_generation = 0
 
     # -- building ----------------------------------------------------------------------------
     def add_host_bridge(self, domain: int, bus: int, *, numa_node: int | None = None,
@@ -900,9 +902,8 @@ class Topology:
         """Which initialised provider's MEM BAR contains ``paddr`` (see P2PFabric.provider_at).
 
         Returns:
-            ``(bdf, offset)`` with ``bus_addr = paddr - offset`` — i.e. ``offset`` is the
-            *negated* kernel ``bus_offset`` (``cpu - bus``), per the P2PFabric contract — or
-            ``None``.
+            ``(bdf, bus_offset)`` with the kernel's sign, ``bus_addr = paddr + bus_offset``
+            (``p2pdma_provider.bus_offset``), per the P2PFabric contract — or ``None``.
 
         Kernel: drivers/pci/p2pdma.c (p2pdma_provider, pci_p2pdma_bus_addr_map()).
         """
@@ -911,7 +912,35 @@ class Topology:
         hit = p2pdma.find_provider(self, paddr)
         if hit is None:
             return None
-        return hit.owner.bdf, -hit.bus_offset
+        return hit.owner.bdf, hit.bus_offset
+
+    @property
+    def p2p_generation(self) -> int:
+        """Changes whenever providers are set up or released (``P2PFabricWindows``).
+
+        Bumped by ``pcim_p2pdma_init()`` / ``pci_p2pdma_add_resource()`` (first call for a
+        device) and ``pci_p2pdma_release()``; a DMA device compares it to know its cached peer
+        windows are stale.
+        """
+        return self._p2p_generation
+
+    def bus_windows(self) -> list[P2PBusWindow]:
+        """Every MEM BAR of every initialised provider, by CPU address (``P2PFabricWindows``).
+
+        Context:
+            Never blocks (reads the provider index; no lock, like ``provider_at``).
+
+        Returns:
+            :class:`~dmabuf.dma.fabric.P2PBusWindow` (provider BDF, CPU start, size, kernel-sign
+            ``bus_offset``) per BAR.
+
+        Kernel: drivers/pci/p2pdma.c, ``pdev->p2pdma->mem[]`` (the whole-BAR providers).
+        """
+        idx = self._provider_index
+        if idx is None:
+            return []
+        return [P2PBusWindow(prov.owner.bdf, start, end - start, prov.bus_offset)
+                for start, end, prov in idx[1]]
 
     def iommu_group(self, device: str) -> int | None:
         """The IOMMU group id of a function, ``None`` when it has none — ``iommu_group_id()``.

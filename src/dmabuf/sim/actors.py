@@ -37,12 +37,29 @@ add an unsignalled fence of this importer's timeline to the resv with the usage 
 and :meth:`Import.end` (signal it). An exporter that wants to move the buffer invalidates, then
 waits for those fences: the in-flight DMA finishes on the old pages, the next one maps the new.
 
-Representations (``repr``): the exporter decides what ``map_dma_buf`` returns (its DMA
-addresses). The importer keeps them as the scenario says — the ``sgtable`` itself, a
-``physvec`` of its DMA ranges (16 bytes each), or ``iova``: one contiguous IOVA range when the
-path is translated (``dma_iova_try_alloc`` + ``dma_iova_link``). The representation sets the
-mapping memory reported and the modelled mapping cost (ranges mapped); the bytes move through the
-exporter's addresses either way.
+Representations (``repr``): what the importer *holds* for its DMA addresses, measured from the
+objects themselves (``nbytes``), never modelled:
+
+* ``sgtable`` — the exporter's ``map_dma_buf`` result as it came (every exporter of the model
+  returns a :class:`~dmabuf.buf.sg_table.SgTable`; ``SgTable.nbytes``);
+* ``physvec`` — a :class:`~dmabuf.buf.phys_vec.PhysVec` (16 bytes per range). A dma-buf importer
+  gets one only when the exporter produces it: the core accepts a ``PhysVec`` from
+  ``map_dma_buf``, and the proposed mapping-type negotiation
+  (:mod:`dmabuf.buf.mapping_type`, behind ``machine.state(MappingTypeConfig).enabled``) lets an
+  importer ask for a Physical Address List. The importer asks (:meth:`Import.probe_pal`, the
+  RFC's ``dma_buf_mapping_attach`` with ``DMA_BUF_IMAPPING_PAL``); no exporter of the model
+  offers one, so it keeps the exporter's SgTable and the report says ``n/a: exporter X only
+  returns SgTable``. The in-kernel p2pmem user (:class:`P2pmemImport`) maps its physical ranges
+  itself and really keeps a PhysVec of DMA addresses;
+* ``iova`` — one contiguous IOVA range the importer linked itself (``dma_iova_try_alloc`` +
+  ``dma_iova_link`` per physical range + one ``dma_iova_sync``). Only an importer that holds
+  *physical* ranges can do that: :class:`P2pmemImport` (behind a DMA-API IOMMU and not
+  ``BUS_ADDR``: bus addresses bypass the IOMMU), and HMM mirrors (``hmm_dma_map_alloc`` is one
+  IOVA window, :mod:`dmabuf.sim.svm`). A dma-buf importer receives DMA addresses the exporter
+  mapped: ``n/a``, with the reason.
+
+The representation held decides the mapping memory reported and the ranges the modelled mapping
+cost counts; the bytes always move through the DMA addresses the importer really holds.
 """
 
 from __future__ import annotations
@@ -398,6 +415,8 @@ class Mapping:
     entries: int
     ranges: int
     repr_bytes: int
+    repr_used: str = "sgtable"
+    repr_note: str = ""
     inflight: int = 0
 
 
@@ -451,6 +470,64 @@ class Import:
         self.peer2peer: bool | None = None
         #: The P2P decision, distance and PCI path at the first mapping.
         self.decision: dict[str, Any] | None = None
+        #: Why the importer could not get the representation it asked for ("" when it did).
+        self.repr_refused = ""
+
+    # ------------------------------------------------------------------ representation
+    def probe_pal(self) -> str:
+        """Ask the exporter for a Physical Address List — ``dma_buf_mapping_attach()`` with
+        ``DMA_BUF_IMAPPING_PAL()`` [proposed mapping-type RFC].
+
+        The negotiation is switched on for the probe only
+        (``machine.state(MappingTypeConfig).enabled``) and runs before any attachment exists:
+        an exporter without a PAL offer fails the match (``EINVAL``) and nothing is created.
+
+        Context: may block (takes the buffer's resv for the match).
+        Returns: why the importer keeps the exporter's SgTable (the report's ``repr_note``).
+        Raises: nothing (every outcome is a note).
+        Kernel: RFC drivers/dma-buf/dma-buf.c, dma_buf_mapping_attach();
+            drivers/dma-buf/dma-buf-mapping.c, dma_buf_match_mapping().
+        """
+        from dmabuf.buf.mapping_type import MappingTypeConfig, imapping_pal, mapping_attach
+
+        dmabuf = self.export.dmabuf
+        if dmabuf is None:
+            return f"n/a: {self.export.kind} is not a dma-buf"
+        cfg = self.hr.machine.state(MappingTypeConfig)
+        prev = cfg.enabled
+        cfg.enabled = True
+        try:
+            at = mapping_attach(dmabuf, [imapping_pal()])
+        except DmaBufError as e:
+            if e.errno == errno.EINVAL:
+                return (f"n/a: exporter {dmabuf.exp_name} only returns SgTable (no Physical "
+                        "Address List offer in the mapping-type negotiation)")
+            return f"n/a: mapping-type negotiation with {dmabuf.exp_name} failed: {e}"
+        finally:
+            cfg.enabled = prev
+        dmabuf.detach(at)
+        return (f"n/a: exporter {dmabuf.exp_name} offers a Physical Address List, which the "
+                f"{self.dev.driver_name} importer of the model does not negotiate")
+
+    def repr_info(self, table: Any, dma: np.ndarray) -> tuple[str, str, int, int]:
+        """What the importer holds for ``table`` — no kernel symbol.
+
+        Args: table: the exporter's map result (SgTable or PhysVec); dma: its DMA ranges.
+        Context: pure. Raises: nothing. Kernel: none.
+        Returns: ``(repr used, note, bytes of the objects held, entries)``.
+        """
+        if isinstance(table, PhysVec):
+            used, nbytes, entries = "physvec", table.nbytes, table.nr_ranges
+        elif isinstance(table, SgTable):
+            used, nbytes, entries = "sgtable", table.nbytes, int(table.nents)
+        else:
+            arr = np.asarray(table)
+            used, nbytes, entries = "physvec", int(arr.nbytes), int(arr.size)
+        note = ""
+        if used != self.spec.repr:
+            note = self.repr_refused or (f"n/a: exporter {self.export.kind} returned "
+                                         f"{'an SgTable' if used == 'sgtable' else 'a PhysVec'}")
+        return used, note, int(nbytes), int(entries)
 
     # ------------------------------------------------------------------ attach / map
     def do_attach(self) -> None:
@@ -465,6 +542,8 @@ class Import:
         dmabuf = self.export.dmabuf
         assert dmabuf is not None
         dma = self.dev.dma
+        if self.spec.repr != "sgtable":
+            self.repr_refused = self.probe_pal()
         if self.mode == "static":
             self.attach = dmabuf.attach(dma)
         elif self.mode == "pinned":
@@ -695,6 +774,8 @@ class MrImport(Import):
 
         dmabuf = self.export.dmabuf
         assert dmabuf is not None
+        if self.spec.repr != "sgtable":
+            self.repr_refused = self.probe_pal()
         pd = self.hr.nic_pd(self.dev)
         access = int(IbAccess.LOCAL_WRITE | IbAccess.REMOTE_WRITE | IbAccess.REMOTE_READ)
         self.mr = mlx5_ib_reg_user_mr_dmabuf(pd, 0, self.export.size, 0, dmabuf, access,
@@ -730,6 +811,15 @@ class MrImport(Import):
         if cost > 0:
             self.hr.machine.sched.sleep(cost)
 
+    def repr_info(self, table: Any, dma: np.ndarray) -> tuple[str, str, int, int]:
+        """As :meth:`Import.repr_info`; an MR holds the exporter's table and the umem's window
+        of it (``ib_umem_dmabuf_map_pages``), both counted."""
+        used, note, nbytes, entries = super().repr_info(table, dma)
+        window = getattr(self.mr.umem, "dma", None) if self.mr is not None else None
+        if isinstance(window, np.ndarray):
+            nbytes += int(window.nbytes)
+        return used, note, nbytes, entries
+
     def sync_stats(self) -> float:
         """Copy the driver's counters; return the modelled seconds of new page faults."""
         mr = self.mr
@@ -755,17 +845,92 @@ class MrImport(Import):
 class P2pmemImport(Import):
     """A device's in-kernel DMA mapping of p2pmem — ``pci_p2pdma_map_sg()`` through
     ``dma_map_sgtable`` (nvmet-rdma maps its P2P staging SGL for the RDMA device so). The
-    mapping is static: p2pmem never moves."""
+    mapping is static: p2pmem never moves.
+
+    The importer holds the physical ranges (``pci_alloc_p2pmem``), so it can keep any
+    representation: ``sgtable`` (``sg_alloc_table`` + ``dma_map_sgtable``), ``physvec`` (one
+    ``dma_map_phys`` per range: a ``phys_vec`` of DMA addresses) or ``iova`` (one IOVA range:
+    ``dma_iova_try_alloc`` + ``dma_iova_link`` with ``DMA_ATTR_MMIO`` + ``dma_iova_sync``) —
+    except that a ``BUS_ADDR`` peer has no IOVA (its bus addresses bypass the IOMMU) and a device
+    without a DMA-API IOMMU cannot allocate one; it then keeps a PhysVec and says why.
+    """
+
+    def __init__(self, hr: HostRun, spec: ImportSpec, export: Export, dev: Device) -> None:
+        super().__init__(hr, spec, export, dev)
+        self.held: Any = None
+        self.dma_map: Any = None
+        self.iova_state: Any = None
+        self.iova_len = 0
+        self.iova_attrs = 0
 
     def do_attach(self) -> None:
         self.pinned = True
 
+    def _map_iova(self, phys: np.ndarray) -> np.ndarray | None:
+        """Link the ranges into one IOVA range, or None (and why in ``repr_refused``)."""
+        from dmabuf.dma.defs import DMA_ATTR_MMIO
+        from dmabuf.dma.dma_iommu import (
+            DmaIovaState,
+            dma_iova_link,
+            dma_iova_sync,
+            dma_iova_try_alloc,
+        )
+        from dmabuf.dma.fabric import PciP2pdmaMapType
+        from dmabuf.dma.pci_p2pdma import pci_p2pdma_state
+
+        dev = self.dev.dma
+        st = pci_p2pdma_state(dev, int(phys["addr"][0]))
+        if st.map is PciP2pdmaMapType.BUS_ADDR:
+            self.repr_refused = ("n/a: BUS_ADDR P2P uses PCI bus addresses, which bypass the "
+                                 "IOMMU: there is no IOVA to link")
+            return None
+        total = _ranges_len(phys)
+        state = DmaIovaState()
+        if not dma_iova_try_alloc(dev, state, 0, total):
+            self.repr_refused = (f"n/a: {self.dev.name} is not behind a DMA-API IOMMU "
+                                 "(dma_iova_try_alloc fails: dma_map_phys per range)")
+            return None
+        attrs = DMA_ATTR_MMIO if st.map is PciP2pdmaMapType.THRU_HOST_BRIDGE else 0
+        off = 0
+        for a, n in zip(phys["addr"].tolist(), phys["len"].tolist(), strict=True):
+            dma_iova_link(dev, state, int(a), off, int(n), DmaDataDirection.BIDIRECTIONAL,
+                          attrs)
+            off += int(n)
+        dma_iova_sync(dev, state, 0, total)
+        self.iova_state, self.iova_len, self.iova_attrs = state, total, attrs
+        out = np.zeros(1, dtype=RANGE_DTYPE)
+        out["addr"] = state.addr
+        out["len"] = total
+        return out
+
     def map_initial(self) -> None:
+        """Map the p2pmem for the device in the requested representation (see the class).
+
+        Context: never blocks except for the modelled mapping cost.
+        Raises: DmaBufError(EREMOTEIO) when the fabric refuses the P2P path; mapping errors.
+        Kernel: drivers/pci/p2pdma.c (pci_p2pdma_map_sg via dma_map_sgtable);
+            drivers/iommu/dma-iommu.c (dma_iova_try_alloc, dma_iova_link, dma_iova_sync).
+        """
         from dmabuf.dma.mapping import dma_map_phys_ranges
 
-        self.dma_map: Any = dma_map_phys_ranges(self.dev.dma, self.export.truth_ranges(),
-                                           DmaDataDirection.BIDIRECTIONAL)
-        m = self.hr.describe_mapping(self, np.asarray(self.dma_map.dma))
+        phys = self.export.truth_ranges()
+        rep = self.spec.repr
+        dma: np.ndarray | None = None
+        if rep == "sgtable":
+            sgt = SgTable.from_ranges(phys)
+            sgt.map(self.dev.dma, DmaDataDirection.BIDIRECTIONAL)
+            self.held = sgt
+            dma = sgt.dma_ranges()
+        elif rep == "iova":
+            dma = self._map_iova(phys)
+            if dma is not None:
+                self.held = dma
+        if dma is None:
+            self.dma_map = dma_map_phys_ranges(self.dev.dma, phys,
+                                               DmaDataDirection.BIDIRECTIONAL)
+            self.held = PhysVec(self.dma_map.dma)
+            dma = np.asarray(self.dma_map.dma)
+        m = self.hr.describe_mapping(self, self.held)
         self.mapping = self.first = m
         self.valid = True
         self.stats.maps += 1
@@ -775,35 +940,32 @@ class P2pmemImport(Import):
         if cost > 0:
             self.hr.machine.sched.sleep(cost)
 
+    def repr_info(self, table: Any, dma: np.ndarray) -> tuple[str, str, int, int]:
+        if self.iova_state is not None:
+            used, nbytes, entries = "iova", int(np.asarray(table).nbytes), 1
+        elif isinstance(table, SgTable):
+            used, nbytes, entries = "sgtable", table.nbytes, int(table.nents)
+        else:
+            pv = table if isinstance(table, PhysVec) else PhysVec(table)
+            used, nbytes, entries = "physvec", pv.nbytes, pv.nr_ranges
+        note = self.repr_refused if used != self.spec.repr else ""
+        return used, note, int(nbytes), int(entries)
+
     def detach(self) -> None:
+        from dmabuf.dma.dma_iommu import dma_iova_destroy
         from dmabuf.dma.mapping import dma_unmap_phys_ranges
 
-        if getattr(self, "dma_map", None) is not None:
+        if self.dma_map is not None:
             dma_unmap_phys_ranges(self.dev.dma, self.dma_map)
             self.dma_map = None
-
-
-def repr_bytes(rep: str, table: SgTable | PhysVec, dma: np.ndarray, iommu: bool) -> tuple[
-        int, int]:
-    """Bytes the importer's mapping representation costs, and the DMA ranges it maps.
-
-    ``sgtable``: ``struct sg_table`` + 32-byte scatterlist entries in 4 KiB chunks (what the
-    exporter returned, or an sg_table built from the ranges); ``physvec``: 16 bytes per range;
-    ``iova``: one ``struct dma_iova_state`` (16) + one range (16) when the path is translated,
-    else as ``physvec`` (a BUS_ADDR mapping has no IOVA to allocate).
-
-    Returns: ``(bytes, ranges mapped)``.
-    """
-    n = int(dma.size)
-    if rep == "sgtable":
-        if isinstance(table, SgTable):
-            return int(table.kernel_nbytes()), n
-        return int(SgTable.from_ranges(dma).kernel_nbytes()), n
-    if rep == "physvec":
-        return 16 * n, n
-    if iommu:
-        return 32, 1
-    return 16 * n, n
+        if self.iova_state is not None:
+            dma_iova_destroy(self.dev.dma, self.iova_state, self.iova_len,
+                             DmaDataDirection.BIDIRECTIONAL, self.iova_attrs)
+            self.iova_state = None
+        if isinstance(self.held, SgTable):
+            self.held.unmap()
+            self.held.free()
+        self.held = None
 
 
 def region_node_map(hr: HostRun) -> Callable[[int], tuple[str, str]]:
@@ -839,4 +1001,4 @@ def region_node_map(hr: HostRun) -> Callable[[int], tuple[str, str]]:
 
 
 __all__ += ["CmbExport", "ImportStats", "Mapping", "MrImport", "P2pmemImport", "VfioExport",
-            "region_node_map", "repr_bytes"]
+            "region_node_map"]

@@ -26,7 +26,7 @@ a bridge), importer modes a device cannot do, streams over buffers their device 
 events naming nothing. Every error is a :class:`ScenarioError` — ``DmaBufError(EINVAL)`` whose
 message starts ``file:line:``. ``tomllib`` reports positions only for syntax errors; for the others
 the line is found by scanning the text for the n-th table header and the key in it, with the
-topology loader's locator (:class:`dmabuf.pci.topo_toml._Locator`, reused, not copied).
+topology loader's locator (:class:`dmabuf.pci.topo_toml.TomlLocator`, reused, not copied).
 
 The result is an immutable :class:`Scenario` whose hosts carry their already loaded
 :class:`~dmabuf.pci.topology.Topology` (loading the topology is part of validating bindings and
@@ -51,7 +51,7 @@ from dmabuf.errors import DmaBufError
 from dmabuf.mm.phys import PAGE_SIZE
 from dmabuf.pci.pci_regs import ACS_BITS, acs_bits_from_names
 from dmabuf.pci.topo_sysfs import load_sysfs
-from dmabuf.pci.topo_toml import _Locator, load_toml, loads_toml, parse_size
+from dmabuf.pci.topo_toml import TomlLocator, load_toml, loads_toml, parse_size
 from dmabuf.pci.topo_toml import default_topology as _default_topology
 from dmabuf.pci.topology import PciDev, Topology
 from dmabuf.sim.params import TimingParams
@@ -440,7 +440,7 @@ class Scenario:
 class _Where:
     """Line numbers of a host's tables: top-level (``[[device]]``) or in the n-th ``[[host]]``."""
 
-    def __init__(self, loc: _Locator, host_index: int | None) -> None:
+    def __init__(self, loc: TomlLocator, host_index: int | None) -> None:
         self.loc = loc
         self.h = host_index
 
@@ -461,7 +461,7 @@ class _Where:
 class _Ctx:
     def __init__(self, path: str, text: str, base: Path | None) -> None:
         self.path = path
-        self.loc = _Locator(text)
+        self.loc = TomlLocator(text)
         self.base = base
 
     def fail(self, line: int | None, msg: str) -> ScenarioError:

@@ -879,6 +879,13 @@ class FabricClock:
         """Results of the transfers finished so far, in completion order."""
         return list(self._results)
 
+    @property
+    def events(self) -> int:
+        """Timing-model events processed since the fabric was attached: event times of flow
+        activations and drains (simultaneous ones once), counted as :class:`FlowSimulator`
+        counts them (``SimResult.events``); 0 without a fabric."""
+        return self._fluid.events if self._fluid is not None else 0
+
     def attach(self, fabric: Fabric) -> None:
         """Use ``fabric`` for the next transfers (the timeline starts afresh).
 
