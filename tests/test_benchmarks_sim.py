@@ -27,10 +27,10 @@ def _module() -> ModuleType:
     return mod
 
 
-@pytest.mark.parametrize("fn", ["bench_events", "bench_bytes"])
+@pytest.mark.parametrize("fn", ["bench_events", "bench_bytes", "bench_demo_wall"])
 def test_benchmark_runs_quick_and_reports_finite_positive_figures(fn: str) -> None:
     r = getattr(_module(), fn)(True)
-    assert isinstance(r, BenchResult) and r.name.startswith("sim.runner.")
+    assert isinstance(r, BenchResult) and r.name.startswith("sim.")
     for v in (r.figure, r.baseline, r.ratio):
         assert math.isfinite(v) and v > 0
     assert r.target is not None and r.unit and r.baseline_name
@@ -47,4 +47,17 @@ def test_benchmarks_are_registered() -> None:
     from dmabuf.bench import registry
 
     _module()
-    assert {"sim.runner.events", "sim.runner.bytes"} <= set(registry())
+    assert {"sim.runner.events", "sim.runner.bytes", "sim.demo.wall"} <= set(registry())
+
+
+def test_events_figure_is_the_runners_own_clock_count() -> None:
+    mod = _module()
+    r = mod.bench_events(True)
+    # 100 flows: at least one activation and one drain event per batch of flows
+    assert r.details["events"] > 0 and r.details["simulator_events"] > 0
+    assert r.details["flows"] == 100
+
+
+def test_demo_wall_meets_the_30_second_claim() -> None:
+    r = _module().bench_demo_wall(True)
+    assert 0 < r.figure < 30 and r.ratio == pytest.approx(30 / r.figure) and r.met is True

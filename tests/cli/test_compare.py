@@ -22,7 +22,25 @@ def test_variant_switches_only_what_a_device_can_do() -> None:
     assert n == 2 and modes == {("act", "nic0"): ("odp", "physvec"),
                                 ("sink", "nic1"): ("odp", "physvec")}
     v, n = variant(s, "hmm", "sgtable")
-    assert n == 0     # NICs have no HMM mirror
+    # NICs mirror process memory with ODP (HMM): both imports switch, the buffers become SVM
+    assert n == 2 and {i.mode for i in v.hosts[0].imports} == {"hmm"}
+
+
+def test_hmm_variant_switches_a_buffer_only_with_all_its_importers() -> None:
+    from dmabuf.sim.scenario import load_demo
+
+    s = load_demo()
+    v, n = variant(s, "hmm", "iova")
+    zen = {(i.buffer, i.device): i.mode for i in v.hosts[0].imports}
+    # HBM and a vfio BAR cannot be process memory: those importers keep their mode
+    assert zen[("weights", "nic1")] == "pinned" and zen[("doorbells", "nic1")] == "revocable"
+    assert zen[("act0", "nic0")] == zen[("cmb", "nic0")] == zen[("sink1", "nic1")] == "hmm"
+    assert zen[("svm", "nic0")] == "hmm"
+    assert n == 12           # zen: 10 of 12 (not the HBM, not the vfio BAR); broadwell: 2
+    v, n = variant(s, "pinned", "sgtable")
+    # the demo's SVM buffer and its one importer switch together to a pinned dma-buf MR
+    assert {(i.buffer, i.mode) for i in v.hosts[0].imports if i.buffer == "svm"} == {
+        ("svm", "pinned")}
 
 
 def test_compare_rows() -> None:
@@ -41,9 +59,23 @@ def test_compare_rows() -> None:
     assert dynamic.remaps == 2 and dynamic.remap_cost > 0
     assert pinned.bytes_verified == dynamic.bytes_verified == 24 << 20
     assert pinned.throughput > 0 and dynamic.throughput > 0
-    # the host-memory sink through the IOMMU: one IOVA range instead of an sg_table
-    assert by[("pinned", "iova")].mapping_bytes < pinned.mapping_bytes
+    # Every exporter here returns an SgTable: an IOVA range is n/a for dma-buf importers, and
+    # the row says so, with what was measured (the SgTables' own nbytes)
+    iova = by[("pinned", "iova")]
+    assert iova.status == "n/a" and (iova.repr_held, iova.repr_mapped) == (0, 2)
+    assert iova.detail.startswith("exporters amdgpu, system only return SgTable")
+    assert iova.mapping_bytes == pinned.mapping_bytes > 0
+    # HMM: real measured rows. The NIC's ODP mirror pulls the SVM buffer out of GPU0's
+    # device-private VRAM on first touch, the evict/restore events invalidate it again.
+    hmm = by[("hmm", "iova")]
+    assert hmm.status == "ok" and (hmm.repr_held, hmm.repr_mapped) == (2, 2)
+    assert hmm.bytes_verified == 24 << 20 and hmm.throughput > 0
+    assert hmm.invalidations > dynamic.invalidations and hmm.faults > 0 and hmm.remaps > 0
+    assert hmm.remap_cost > 0 and hmm.pinned_vram_bytes == 0
+    # an hmm_dma_map per mirror: 8 + 8 bytes per page and a 16-byte IOVA state
+    assert hmm.mapping_bytes == 2 * ((16 << 20) // 4096 * 16 + 16)
     assert by[("hmm", "sgtable")].status == "n/a"
+    assert "hmm_dma_map" in by[("hmm", "sgtable")].detail
 
 
 def test_compare_cli_table_and_json() -> None:
@@ -56,3 +88,4 @@ def test_compare_cli_table_and_json() -> None:
                                     "physvec"], catch_exceptions=False)
     assert res.exit_code == 0
     assert "importer modes × mapping representations" in res.output and "physvec" in res.output
+    assert "n/a" in res.output and "SgTable" in res.output

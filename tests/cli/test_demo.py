@@ -107,6 +107,27 @@ def test_nvme_cmb_p2p(demo: tuple[Any, dict[str, Any], Path]) -> None:
     assert s["status"] == "ok" and s["bytes_verified"] == 32 << 20
 
 
+def test_svm_buffer_mirrored_by_an_odp_mr_ping_pongs(
+        demo: tuple[Any, dict[str, Any], Path]) -> None:
+    zen = _host(demo[1], "zen")
+    a = _att(zen, "svm", "nic0")
+    # HMM: GPU1's DEVICE_PRIVATE VRAM is not reachable by NIC0: its faults migrate the pages to
+    # host memory; GPU1's prefetch back (restore) invalidates the mirror, which re-faults
+    assert (a["mode"], a["exporter"], a["repr_used"], a["iommu"]) == ("hmm", "gpu1", "iova",
+                                                                      True)
+    assert a["map_type"] == "HOST_MEMORY (HMM: device-private VRAM migrates to RAM)"
+    assert a["mapping_bytes"] == (16 << 20) // 4096 * 16 + 16
+    assert a["invalidations"] >= 2 and a["remaps"] >= 1 and a["faults"] >= 16
+    restore = next(e for e in zen["events"] if e["action"] == "restore" and
+                   e["target"] == "svm")
+    assert restore["outcome"] == "ok" and "DEVICE_PRIVATE" in restore["detail"]
+    svm = [(m["from"], m["to"]) for m in zen["moves"] if m["buffer"] == "svm"]
+    assert svm[0] == ("RAM", "VRAM") and ("VRAM", "RAM") in svm and svm.count(
+        ("RAM", "VRAM")) == 2
+    s = _stream(zen, "svm:gpu1>nic0>nic1")
+    assert s["status"] == "ok" and s["bytes_verified"] == 32 << 20
+
+
 def test_non_allow_listed_host_falls_back_to_staging(
         demo: tuple[Any, dict[str, Any], Path]) -> None:
     bw = _host(demo[1], "broadwell")

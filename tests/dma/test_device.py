@@ -13,15 +13,19 @@ from dmabuf.buf.sg_table import SgTable
 from dmabuf.dma import (
     DmaDataDirection,
     DmaDevice,
+    DmaIovaState,
     Iommu,
     IommuDomain,
     IommuDomainType,
+    dma_iova_link,
+    dma_iova_sync,
+    dma_iova_try_alloc,
     dma_map_phys,
     dma_map_phys_ranges,
     dma_unmap_phys,
 )
 from dmabuf.errors import ContractViolation, DmaBufError, IommuFault
-from dmabuf.mm import make_ranges
+from dmabuf.mm import MemKind, make_ranges
 
 from .conftest import CPU_NIC, GPU, NIC, Rig
 
@@ -155,3 +159,37 @@ def test_constructor_checks(rig: Rig) -> None:
         DmaDevice("x", rig.pm, fabric=object())  # type: ignore[arg-type]
     with pytest.raises(DmaBufError):
         DmaDevice("x", rig.pm, max_seg_size=0)
+
+
+def test_iommu_mapping_across_adjacent_regions(rig: Rig) -> None:
+    # "ram1" starts exactly where ram0 ends: an IOVA range linking the last page of ram0 and the
+    # first of ram1 translates to one physically contiguous range, which must be cut at the edge
+    ram1 = rig.pm.add_region("ram1", 16 << 20, MemKind.RAM, base=rig.ram.end)
+    dev = rig.device(NIC, rig.domain())
+    o = rig.pm.new_owner("buf")
+    rig.pm.alloc(rig.ram, rig.ram.size, o, contiguous=True)     # all of ram0, its last page too
+    assert rig.pm.alloc(ram1, 4096, o).tolist() == [(ram1.base, 4096)]
+    edge = make_ranges([rig.ram.end - 4096, ram1.base], [4096, 4096])
+    st = DmaIovaState()
+    assert dma_iova_try_alloc(dev, st, 0, 8192)
+    dma_iova_link(dev, st, rig.ram.end - 4096, 0, 4096, BIDI)
+    dma_iova_link(dev, st, ram1.base, 4096, 4096, BIDI)
+    dma_iova_sync(dev, st, 0, 8192)
+    iova = make_ranges([st.addr], [8192])
+    assert dev.translate(iova).tolist() == edge.tolist()
+    data = rig.pattern(8192, seed=5)
+    dev.dma_write(iova, data, expect_owner=o)
+    assert np.array_equal(rig.pm.read(edge), data)
+    assert np.array_equal(dev.dma_read(iova, expect_owner=o), data)
+    assert dev.dma_copy(None, iova, iova, expect_owner=o) == 8192
+
+
+def test_windows_of_a_fabric_without_generation_are_reprobed(rig: Rig) -> None:
+    bar1 = rig.pm.add_region("0000:03:00.0 BAR2", 1 << 20, MemKind.MMIO, base=0x70_0000_0000)
+    nic = rig.device(NIC)
+    bus = make_ranges([bar1.base - 0x50_0000_0000], [8])
+    rig.pm.view(bar1.base, 8)[:] = np.arange(8, dtype=np.uint8)
+    with pytest.raises(IommuFault):
+        nic.dma_read(bus)                       # not a provider yet: goes to (no) memory
+    rig.fabric.add_provider(GPU, bar1, rig.bus_offset)    # no new region, no generation
+    assert nic.dma_read(bus).tolist() == list(range(8))

@@ -184,3 +184,28 @@ def test_many_ranges_vectorised_path_matches_and_faults(machine: Machine) -> Non
     with pytest.raises(IommuFault) as f:
         d.translate(q, "read")
     assert f.value.dma_addr == 0x100000 + 40 * 0x1000 + 0x10
+
+
+def test_large_range_faults_name_the_first_bad_page(machine: Machine) -> None:
+    # > 64 pages: the leaf-slice walk (reductions first, per-page mask only on a fault)
+    d = IommuDomain("big", IommuDomainType.DMA, machine=machine)
+    iova, phys, pg = 0x100_0000, 0x4000_0000, 0x1000
+    d.map(iova, phys, 500 * pg, RW)
+    d.map(iova + 501 * pg, phys + 501 * pg, 499 * pg, RW)     # page 500: a hole, pfns continue
+    whole = make_ranges([iova + 8], [1000 * pg - 16])
+    with pytest.raises(IommuFault) as f:
+        d.translate(whole, "read")
+    assert f.value.dma_addr == iova + 500 * pg and "not mapped" in str(f.value)
+    d.map(iova + 500 * pg, phys + 500 * pg, pg, IOMMU_READ)   # fill it read-only
+    assert d.translate(whole, "read").tolist() == [(phys + 8, 1000 * pg - 16)]
+    with pytest.raises(IommuFault) as f:
+        d.translate(whole, "write")
+    assert f.value.dma_addr == iova + 500 * pg and "permission" in str(f.value)
+    d.map(iova + 1000 * pg, phys + 1000 * pg, 100 * pg, RW, sync=False)
+    with pytest.raises(IommuFault) as f:
+        d.translate(make_ranges([iova + 900 * pg], [200 * pg]), "read")
+    assert f.value.dma_addr == iova + 1000 * pg and "dma_iova_sync" in str(f.value)
+    d.iotlb_sync_map(iova + 1000 * pg, 100 * pg)
+    got = d.translate(make_ranges([iova + 900 * pg], [200 * pg]), None)
+    assert got.tolist() == [(phys + 900 * pg, 200 * pg)]
+    assert d.translate(make_ranges([iova], [1 * pg]), "read").tolist() == [(phys, pg)]

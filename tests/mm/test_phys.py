@@ -18,6 +18,7 @@ from dmabuf.mm import (
     POISON_FREE,
     MemKind,
     PhysMemory,
+    PhysRegion,
     make_ranges,
     split_ranges,
     total_len,
@@ -366,3 +367,269 @@ def test_region_indices_and_no_hugepages() -> None:
     assert idx.tolist() == [1, 0]                  # empty ranges are skipped
     with pytest.raises(IommuFault):
         p.region_indices(make_ranges([a.end - 1], [2]))
+
+
+# ------------------------------------------------------------------ adjacent regions (never merged)
+def _adjacent() -> tuple[PhysMemory, PhysRegion, PhysRegion]:
+    p = PhysMemory()
+    lo = p.add_region("lo", 1 * MiB, MemKind.RAM, base=GiB)
+    hi = p.add_region("hi", 1 * MiB, MemKind.DEVICE, base=GiB + MiB)    # starts where lo ends
+    return p, lo, hi
+
+
+def test_byte_access_never_merges_across_adjacent_regions() -> None:
+    p, lo, hi = _adjacent()
+    r = make_ranges([lo.end - 2 * PAGE_SIZE, hi.base], [2 * PAGE_SIZE, PAGE_SIZE])
+    data = np.random.default_rng(3).integers(0, 256, 3 * PAGE_SIZE, dtype=np.uint8)
+    p.write(r, data)
+    assert np.array_equal(lo.backing[-2 * PAGE_SIZE:], data[:2 * PAGE_SIZE])
+    assert np.array_equal(hi.backing[:PAGE_SIZE], data[2 * PAGE_SIZE:])
+    assert np.array_equal(p.read(r), data)
+    assert p.checksum(r) == zlib.crc32(data.tobytes())
+    dst = make_ranges([hi.base + 8 * PAGE_SIZE, lo.base], [PAGE_SIZE, 2 * PAGE_SIZE])
+    p.copy(dst, r)                                    # both lists cross the edge
+    assert np.array_equal(p.read(dst), data)
+    p.copy(r, make_ranges([lo.base + 64 * PAGE_SIZE], [3 * PAGE_SIZE]))   # one range to two
+    assert not p.read(r).any()                        # that source was never written: zeros
+    p.fill(r, 0x5A)
+    assert set(p.read(r).tolist()) == {0x5A}
+    assert int(lo.backing[-2 * PAGE_SIZE - 1]) == 0 and int(hi.backing[PAGE_SIZE]) == 0
+    # one range running from one region into the next is still not inside one region
+    with pytest.raises(IommuFault) as e:
+        p.read(make_ranges([lo.end - PAGE_SIZE], [2 * PAGE_SIZE]))
+    assert "runs past its end" in str(e.value)
+
+
+def test_split_at_regions_cuts_at_edges_only() -> None:
+    p, lo, hi = _adjacent()
+    far = p.add_region("far", 1 * MiB, MemKind.RAM, base=GiB + 4 * MiB)   # a gap before it
+    inside = make_ranges([lo.base, hi.base + 5], [PAGE_SIZE, 10])
+    assert np.shares_memory(p.split_at_regions(inside), inside)           # nothing to cut: no copy
+    r = make_ranges([lo.end - 100, far.base, lo.base, 7],
+                    [300, 2 * PAGE_SIZE, 2 * MiB, 5])
+    assert p.split_at_regions(r).tolist() == [
+        (lo.end - 100, 100), (hi.base, 200),          # across the lo|hi edge
+        (far.base, 2 * PAGE_SIZE),
+        (lo.base, MiB), (hi.base, MiB),               # exactly both regions
+        (7, 5),                                       # in no region: left for the caller
+    ]
+    one = p.split_at_regions(make_ranges([hi.end - 8], [16]))    # runs into the gap
+    assert one.tolist() == [(hi.end - 8, 8), (hi.end, 8)]
+    with pytest.raises(IommuFault):
+        p.read(one)
+
+
+# ------------------------------------------------------------------ check_owned / owners_of
+@pytest.mark.parametrize("layout", ["dense", "sparse", "unsorted", "ends_at_region_end", "huge"])
+def test_check_owned_many_spans_names_the_first_bad_page(layout: str,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import dmabuf.mm.phys as phys_mod
+
+    p = PhysMemory(poison_on_free=False)
+    ram = p.add_region("ram0", 64 * MiB, MemKind.RAM)
+    a = p.new_owner("a")
+    b = p.new_owner("b")
+    p.alloc(ram, ram.size, a, contiguous=True)
+    npg = ram.npages
+    if layout in ("dense", "unsorted"):
+        starts = np.arange(256) * 64                  # 256 spans of 63 pages, 1-page gaps
+        lens = np.full(256, 63)
+    elif layout in ("sparse", "huge"):
+        starts = np.arange(8) * 2048                  # 8 spans of 64 pages, far apart
+        lens = np.full(8, 64)
+    else:
+        starts = np.concatenate(([npg - 64], np.arange(1, 8) * 128))
+        lens = np.full(8, 64)
+    if layout == "unsorted":
+        perm = np.random.default_rng(1).permutation(starts.size)
+        starts, lens = starts[perm], lens[perm]
+    if layout == "huge":
+        monkeypatch.setattr(phys_mod, "_EXPAND_LIMIT", 100)    # sparse and "huge": per span
+        starts = starts[::-1].copy()
+    r = make_ranges(ram.base + starts * PAGE_SIZE, lens * PAGE_SIZE)
+    p.check_owned(r, a)
+    assert (p.owners_of(r) == a).all() and p.owners_of(r).size == int(lens.sum())
+    # pages of list positions 5 (the first bad one in list order) and 2 change hands
+    bad5 = ram.base + (int(starts[5]) + int(lens[5]) - 1) * PAGE_SIZE   # its last page
+    bad2 = ram.base + (int(starts[2]) + 7) * PAGE_SIZE
+    p.set_owner(make_ranges([bad5], [PAGE_SIZE]), b)
+    with pytest.raises(IommuFault) as e:
+        p.check_owned(r, a)
+    assert e.value.dma_addr == bad5 and "'b'" in str(e.value)
+    p.free(make_ranges([bad2], [PAGE_SIZE]))
+    with pytest.raises(IommuFault) as e:
+        p.check_owned(r, a)
+    assert e.value.dma_addr == bad2 and "poisoned" in str(e.value)
+    expect = np.concatenate([ram.owner[s:s + n] for s, n in
+                             zip(starts.tolist(), lens.tolist(), strict=True)])
+    assert np.array_equal(p.owners_of(r), expect)
+    with pytest.raises(ContractViolation) as cv:                          # free() checks too
+        p.free(r)
+    assert cv.value.rule == "free_pages" and f"{bad2:#x}" in str(cv.value)
+
+
+def test_owners_of_keeps_list_order_across_regions(pm: PhysMemory) -> None:
+    a = pm.new_owner("a")
+    b = pm.new_owner("b")
+    ra = pm.alloc("ram0", 8 * PAGE_SIZE, a, max_extent=PAGE_SIZE)
+    rb = pm.alloc("vram0", 8 * PAGE_SIZE, b, max_extent=PAGE_SIZE)
+    mixed = np.concatenate((ra[:3], rb[:2], ra[3:4], ra[3:4], rb[5:]))
+    mixed[0]["len"] = 2 * PAGE_SIZE - 1                 # still 2 pages
+    got = pm.owners_of(mixed)
+    assert got.tolist() == [a, a, a, a, b, b, a, a, b, b, b]
+    assert pm.owners_of(make_ranges([], [])).size == 0
+
+
+# ------------------------------------------------------------------ aliases
+def test_alias_shares_bytes_and_owners_and_reserves_the_window() -> None:
+    p = PhysMemory()
+    bar = p.add_region("bar", 16 * MiB, MemKind.MMIO, base=0xF0_0000_0000)
+    gen = p.generation
+    vram = p.add_alias("vram", bar, 0, 4 * MiB, MemKind.DEVICE)
+    assert p.generation == gen + 1
+    assert vram.alias_of is bar and vram.alias_offset == 0 and vram.numa_node == bar.numa_node
+    assert vram.kind is MemKind.DEVICE and vram.base != bar.base
+    assert p.region_at(vram.base) is vram and vram.free_pages == vram.npages
+    # the window is reserved in the BAR's allocator
+    assert bar.free_pages == bar.npages - vram.npages
+    o = p.new_owner("bo")
+    r = p.alloc(vram, 2 * PAGE_SIZE, o, zero=True)
+    assert r.tolist() == [(vram.base, 2 * PAGE_SIZE)]
+    through_bar = make_ranges([bar.base], [2 * PAGE_SIZE])
+    p.check_owned(through_bar, o)                   # same owner table
+    p.write(through_bar, b"\x11" * 2 * PAGE_SIZE)   # same bytes
+    assert set(p.read(r).tolist()) == {0x11}
+    q = p.alloc(bar, PAGE_SIZE, p.new_owner("other"))
+    assert int(q["addr"][0]) == bar.base + 4 * MiB  # first fit skips the aliased window
+    with pytest.raises(ContractViolation) as cv:
+        p.free(through_bar)                         # free through the alias only
+    assert "'vram'" in str(cv.value) and cv.value.rule == "free_pages"
+    p.free(r)                                       # poisons through both windows
+    with pytest.raises(IommuFault) as e:
+        p.check_owned(through_bar, o)
+    assert "poisoned" in str(e.value)
+    assert int(bar.backing[0]) == POISON_FREE
+    d = vram.describe()
+    assert d["alias_of"] == "bar" and d["alias_offset"] == 0 and "alias of 'bar'" in repr(vram)
+    assert "alias_of" not in bar.describe()
+
+
+def test_alias_window_offset_nesting_and_errors() -> None:
+    p = PhysMemory()
+    dev = p.add_region("hbm", 8 * MiB, MemKind.DEVICE)
+    win = p.add_alias("win", "hbm", 2 * MiB, 2 * MiB, MemKind.MMIO, base=0xE0_0000_0000,
+                      numa_node=3)
+    assert win.base == 0xE0_0000_0000 and win.numa_node == 3
+    p.view(win.base, 4)[:] = [1, 2, 3, 4]
+    assert dev.backing[2 * MiB:2 * MiB + 4].tolist() == [1, 2, 3, 4]
+    inner = p.add_alias("inner", win, PAGE_SIZE, PAGE_SIZE, MemKind.MMIO)   # alias of an alias
+    assert inner.alias_of is win and win.free_pages == win.npages - 1
+    assert int(p.view(inner.base - 0, 1)[0]) == 0
+    p.view(inner.base, 1)[0] = 9
+    assert int(dev.backing[2 * MiB + PAGE_SIZE]) == 9
+    with pytest.raises(DmaBufError) as e:                       # already reserved
+        p.add_alias("again", dev, 3 * MiB, PAGE_SIZE, MemKind.MMIO)
+    assert e.value.errno == errno.EBUSY
+    o = p.new_owner("x")
+    p.alloc(dev, PAGE_SIZE, o)                                  # page 0 of hbm
+    with pytest.raises(DmaBufError) as e:                       # allocated in the target
+        p.add_alias("busy", dev, 0, PAGE_SIZE, MemKind.MMIO)
+    assert e.value.errno == errno.EBUSY
+    for bad in ((100, PAGE_SIZE), (0, 100), (7 * MiB, 2 * MiB), (-PAGE_SIZE, PAGE_SIZE)):
+        with pytest.raises(DmaBufError) as e:
+            p.add_alias("bad", dev, bad[0], bad[1], MemKind.MMIO)
+        assert e.value.errno == errno.EINVAL
+    with pytest.raises(DmaBufError) as e:
+        p.add_alias("win", dev, 5 * MiB, PAGE_SIZE, MemKind.MMIO)
+    assert e.value.errno == errno.EEXIST
+    with pytest.raises(DmaBufError) as e:
+        p.add_alias("ghost", PhysMemory().add_region("r", MiB, MemKind.RAM), 0, PAGE_SIZE,
+                    MemKind.RAM)
+    assert e.value.errno == errno.EINVAL
+    with pytest.raises(DmaBufError) as e:
+        p.add_alias("over", dev, 5 * MiB, PAGE_SIZE, MemKind.MMIO, base=win.base)
+    assert e.value.errno == errno.EINVAL
+    assert dev.free_pages == dev.npages - 512 - 1                # window + the allocated page
+    with pytest.raises(TypeError):
+        p.add_alias("t", dev, 5 * MiB, PAGE_SIZE, "mmio")  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ given backing
+def test_region_backed_by_a_memfd_is_shared_with_other_mappings() -> None:
+    import mmap
+    import os
+
+    fd = os.memfd_create("test-phys", os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, 4 * MiB)
+        p = PhysMemory()
+        ram = p.add_region("ram0", 4 * MiB, MemKind.RAM, backing=fd)
+        other = mmap.mmap(fd, 4 * MiB, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        at = 3 * PAGE_SIZE + 5
+        p.write(make_ranges([ram.base + at], [3]), b"abc")
+        assert other[at:at + 3] == b"abc"
+        other[100:102] = b"zz"
+        assert bytes(p.read(make_ranges([ram.base + 100], [2]))) == b"zz"
+        o = p.new_owner("o")
+        r = p.alloc(ram, PAGE_SIZE, o)
+        p.free(r)                                              # poison goes to the file too
+        assert other[0] == POISON_FREE
+        other.close()
+        with pytest.raises(DmaBufError) as e:                  # file too small
+            PhysMemory().add_region("big", 8 * MiB, MemKind.RAM, backing=fd)
+        assert e.value.errno == errno.EINVAL
+    finally:
+        os.close(fd)
+    assert bytes(p.read(make_ranges([ram.base + at], [3]))) == b"abc"  # mapping outlives fd
+    with pytest.raises(DmaBufError) as e:
+        PhysMemory().add_region("closed", MiB, MemKind.RAM, backing=fd)
+    assert e.value.errno == errno.EBADF
+
+
+def test_region_backed_by_a_buffer_and_bad_backings() -> None:
+    buf = bytearray(2 * MiB)
+    p = PhysMemory()
+    r = p.add_region("b", MiB, MemKind.DEVICE, backing=buf)      # the first size bytes
+    p.fill(make_ranges([r.base], [16]), 0xEE)
+    assert buf[:16] == b"\xee" * 16 and buf[16] == 0
+    arr = np.zeros(MiB // 8, dtype=np.uint64)
+    r2 = p.add_region("a", MiB, MemKind.RAM, backing=arr)
+    p.write(make_ranges([r2.base], [8]), np.array([7], dtype=np.uint64).view(np.uint8))
+    assert int(arr[0]) == 7
+    with pytest.raises(DmaBufError) as e:
+        p.add_region("ro", MiB, MemKind.RAM, backing=bytes(MiB))        # read-only
+    assert e.value.errno == errno.EINVAL
+    with pytest.raises(DmaBufError) as e:
+        p.add_region("small", MiB, MemKind.RAM, backing=bytearray(4096))
+    assert e.value.errno == errno.EINVAL
+    with pytest.raises(DmaBufError) as e:
+        p.add_region("strided", PAGE_SIZE, MemKind.RAM,
+                     backing=np.zeros(4 * PAGE_SIZE, dtype=np.uint8)[::2])
+    assert e.value.errno == errno.EINVAL
+    with pytest.raises(TypeError):
+        p.add_region("obj", MiB, MemKind.RAM, backing=object())
+    with pytest.raises(TypeError):
+        p.add_region("flag", MiB, MemKind.RAM, backing=True)
+    with pytest.raises(DmaBufError) as e:
+        p.add_region("sz", 100, MemKind.RAM, backing=bytearray(4096))   # size checked first
+    assert e.value.errno == errno.EINVAL
+    assert [x.name for x in p.regions] == ["b", "a"]
+
+
+def test_generation_counts_memory_map_changes() -> None:
+    p = PhysMemory()
+    assert p.generation == 0
+    r = p.add_region("r", MiB, MemKind.RAM)
+    p.add_alias("w", r, 0, PAGE_SIZE, MemKind.MMIO)
+    with pytest.raises(DmaBufError):
+        p.add_region("r", MiB, MemKind.RAM)                       # failures change nothing
+    assert p.generation == 2
+
+
+def test_mmio_regions_are_allocatable_by_their_driver() -> None:
+    p = PhysMemory()
+    bar = p.add_region("bar", 4 * MiB, MemKind.MMIO)
+    o = p.new_owner("hbm")
+    r = p.alloc(bar, 2 * PAGE_SIZE, o, contiguous=True)       # habanalabs-style DRAM BAR
+    assert r.tolist() == [(bar.base, 2 * PAGE_SIZE)]
+    p.check_owned(r, o)

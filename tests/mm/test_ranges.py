@@ -139,3 +139,74 @@ def test_slice_matches_bytes(pairs: list[tuple[int, int]], off: int, ln: int) ->
             slice_ranges(r, off, ln)
     else:
         assert _bytes_of(slice_ranges(r, off, ln)) == ref[off:off + ln]
+
+
+def _greedy_reference(r: np.ndarray, max_len: int | None) -> list[tuple[int, int]]:
+    """The merge rule spelled out on plain ints: join a contiguous neighbour while the merged
+    length stays <= max_len; empty ranges are dropped."""
+    out: list[list[int]] = []
+    for a, n in r.tolist():
+        if n == 0:
+            continue
+        if out and out[-1][0] + out[-1][1] == a and (max_len is None
+                                                     or out[-1][1] + n <= max_len):
+            out[-1][1] += n
+        else:
+            out.append([a, n])
+    return [(a, n) for a, n in out]
+
+
+_runs = st.lists(st.tuples(st.integers(0, 3), st.integers(0, 5), st.booleans()),
+                 min_size=0, max_size=60)
+
+
+@given(_runs, st.sampled_from([None, 16, 32, 48, 80, 1000]), st.booleans())
+def test_coalesce_matches_the_greedy_rule(spec: list[tuple[int, int, bool]],
+                                          max_len: int | None, uniform: bool) -> None:
+    addrs, lens, pos = [], [], 0
+    for gap, n, jump in spec:
+        n = 2 if uniform else n
+        pos += gap * 16 + (4096 if jump else 0)
+        addrs.append(pos)
+        lens.append(n * 16)
+        pos += n * 16
+    r = make_ranges(addrs, lens) if spec else as_ranges([])
+    assert coalesce(r, max_len=max_len).tolist() == _greedy_reference(r, max_len)
+
+
+@pytest.mark.parametrize("count", [8191, 8193, 70_001])
+@pytest.mark.parametrize("max_len", [None, 3 * 4096, 1 << 16, 1 << 21])
+def test_coalesce_large_lists_match_the_greedy_rule(count: int, max_len: int | None) -> None:
+    rng = np.random.default_rng(count)
+    n = rng.integers(0, 4, count).astype(np.uint64) * 4096
+    if max_len == 1 << 16:
+        n[:] = 4096                                   # page lists: the arithmetic path
+    gaps = (rng.random(count) < 0.01).astype(np.uint64) * 8192
+    a = np.concatenate(([0], np.cumsum(n)[:-1])).astype(np.uint64) + np.cumsum(gaps)
+    r = make_ranges(a, n)
+    got = coalesce(r, max_len=max_len)
+    assert got.tolist() == _greedy_reference(r, max_len)
+    assert got.dtype == RANGE_DTYPE and total_len(got) == total_len(r)
+
+
+def test_coalesce_checks_wraps_and_max_len() -> None:
+    for count in (1, 5, 20, 9000):
+        r = make_ranges(np.arange(count, dtype=np.uint64) * 16, 16)
+        r["addr"][count // 2] = (1 << 64) - 8
+        for cap in (None, 64):
+            with pytest.raises(DmaBufError) as e:
+                coalesce(r, max_len=cap)
+            assert e.value.errno == errno.EOVERFLOW and f"range {count // 2} " in str(e.value)
+    r = make_ranges([0, 16], [16, 16])
+    with pytest.raises(DmaBufError) as e:
+        coalesce(r, max_len=0)
+    assert e.value.errno == errno.EINVAL
+    with pytest.raises(TypeError):
+        coalesce(r, max_len=1.5)  # type: ignore[arg-type]
+    out = coalesce(r)
+    assert out.tolist() == [(0, 32)] and not np.shares_memory(out, r)
+    nothing = make_ranges([0, 64], [16, 16])
+    assert not np.shares_memory(coalesce(nothing), nothing)      # always a new array
+    assert coalesce(make_ranges([5, 6], [0, 0])).size == 0
+    many = make_ranges(np.arange(100, dtype=np.uint64) * 16, 16)
+    assert coalesce(many, max_len=1 << 70).tolist() == [(0, 1600)]     # beyond 64 bits: no cap

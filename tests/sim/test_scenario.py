@@ -173,8 +173,8 @@ BAD: list[tuple[str, str, int, str]] = [
     ("import of unknown buffer", _replace('buffer = "sink"\ndevice = "nic1"',
                                           'buffer = "nope"\ndevice = "nic1"'), 37,
      "unknown buffer 'nope'"),
-    ("mode the device cannot do", _replace('mode = "dynamic"', 'mode = "hmm"'), 34,
-     "cannot import in mode 'hmm'"),
+    ("mode the device cannot do", _replace('mode = "dynamic"', 'mode = "static"'), 34,
+     "cannot import in mode 'static'"),
     ("unknown mode", _replace('mode = "dynamic"', 'mode = "lazy"'), 34,
      "'lazy' is not one of"),
     ("stream without import", _replace('buffer = "act"\npeer', 'buffer = "sink"\npeer'), 44,
@@ -302,3 +302,14 @@ def test_sysfs_source_loads_a_captured_tree(tmp_path: Path) -> None:
     bad = 'format = 1\n[topology]\nsource = "sysfs:/no/such/dir"\n'
     with pytest.raises(ScenarioError, match=r"s.toml:3: .*not a directory"):
         loads_scenario(bad, path="s.toml")
+
+
+def test_the_toml_locator_is_public_and_the_old_name_an_alias() -> None:
+    from dmabuf.pci import topo_toml
+    from dmabuf.sim import scenario
+
+    assert "TomlLocator" in topo_toml.__all__
+    assert topo_toml._Locator is topo_toml.TomlLocator
+    assert scenario.TomlLocator is topo_toml.TomlLocator
+    loc = topo_toml.TomlLocator("a = 1\n[x]\nb = 2\n[[y]]\nc = 3\n[[y]]\nc = 4\n")
+    assert (loc.table("x"), loc.table("y", 1), loc.key(loc.table("y", 1), "c")) == (2, 6, 7)

@@ -60,13 +60,14 @@ def compare_cmd(scenario: Path, modes: tuple[str, ...], reprs: tuple[str, ...],
     else:
         t = Table(title=f"{s.name}: importer modes × mapping representations (modelled)",
                   title_justify="left")
-        for col in ("mode", "repr", "imports", "pinned in VRAM", "invalidations",
+        for col in ("mode", "repr", "held", "imports", "pinned in VRAM", "invalidations",
                     "remaps/faults", "remap cost", "mapping memory", "throughput", "status"):
             t.add_column(col, overflow="fold")
         for r in rows:
             style = {"ok": "green", "failed": "bold red", "missing": "yellow"}.get(r.status,
                                                                                    "dim")
-            t.add_row(r.mode, r.repr, str(r.imports_switched), fmt_bytes(r.pinned_vram_bytes),
+            t.add_row(r.mode, r.repr, f"{r.repr_held}/{r.repr_mapped}", str(r.imports_switched),
+                      fmt_bytes(r.pinned_vram_bytes),
                       str(r.invalidations), f"{r.remaps}/{r.faults}", fmt_time(r.remap_cost),
                       fmt_bytes(r.mapping_bytes), fmt_rate(r.throughput),
                       Text(r.status + (f": {r.detail}" if r.detail else ""), style=style))

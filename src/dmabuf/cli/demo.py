@@ -3,8 +3,10 @@
 Runs ``dmabuf/data/demo.toml`` (also in ``examples/demo.toml``): the reference fabric of spec
 kernel-p2p-dma.md §6.2 with GPU0 -> NIC0 P2P through the switch, NIC0 -> NIC1 RDMA into GPU1
 across root ports, VRAM pressure evicting buffers under dynamic and ODP importers, a pinned
-accelerator export, a VFIO reset revoking an import, NVMe CMB P2P — and the same pair on a host
-that is not on the P2PDMA allow-list, falling back to staging in host memory. The options are
+accelerator export, a VFIO reset revoking an import, NVMe CMB P2P, an SVM buffer in GPU1's
+DEVICE_PRIVATE VRAM mirrored through HMM by an ODP MR (migrated to host memory on the NIC's
+faults, invalidated by GPU1's prefetch back) — and the same pair on a host that is not on the
+P2PDMA allow-list, falling back to staging in host memory. The options are
 those of ``dmabuf run``. A driver the demo needs that this installation lacks is reported as
 *missing* (the rest runs); the exit status is 1 only for a failed checksum or an unexpected
 error or fault.

@@ -37,7 +37,7 @@ from dmabuf.dma.dma_iommu import (
     dma_iova_unlink,
     dma_use_iova,
 )
-from dmabuf.dma.fabric import P2PFabric, PciP2pdmaMapType
+from dmabuf.dma.fabric import P2PBusWindow, P2PFabric, P2PFabricWindows, PciP2pdmaMapType
 from dmabuf.dma.iommu import (
     IOMMU_CACHE,
     IOMMU_MMIO,
@@ -92,7 +92,9 @@ __all__ = [
     "IommuFaultRecord",
     "IommuStats",
     "IovaDomain",
+    "P2PBusWindow",
     "P2PFabric",
+    "P2PFabricWindows",
     "P2pdmaMapState",
     "PciP2pdmaMapType",
     "dma_addressing_limited",

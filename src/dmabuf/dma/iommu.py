@@ -679,6 +679,7 @@ class IommuDomain:
                           acc: str) -> np.ndarray:
         """Few ranges: walk leaf slices directly and cut runs of contiguous pfns (no per-page
         index arrays), so one large mapping translates at memory speed."""
+        pending = bool(int(bad_bits) & _PTE_PENDING)
         out_a: list[np.ndarray] = []
         out_n: list[np.ndarray] = []
         for a, e, p0, npg in zip(addr.tolist(), end.tolist(), first.tolist(), count.tolist(),
@@ -692,11 +693,6 @@ class IommuDomain:
                                 self._why(0, 0, acc))
                 pf = leaf[0][s:t]
                 pr = leaf[1][s:t]
-                bad = (pf == 0) | (((pr ^ np.uint8(need)) & bad_bits) != 0)
-                if bool(bad.any()):
-                    j = int(np.argmax(bad))
-                    self._fault(device, max(a, (p0 + off + j) << PAGE_SHIFT), acc,
-                                self._why(int(pf[j]), int(pr[j]), acc))
                 if t - s == 1:
                     starts = np.zeros(1, dtype=np.int64)
                     lens = np.ones(1, dtype=np.int64)
@@ -704,7 +700,17 @@ class IommuDomain:
                     brk = np.flatnonzero(pf[1:] != pf[:-1] + 1) + 1
                     starts = np.concatenate(([0], brk))
                     lens = np.diff(np.concatenate((starts, [t - s])))
-                ra.append((pf[starts] - 1) << PAGE_SHIFT)
+                first_pf = pf[starts]
+                # The checks, with one pass over the PTEs at most: an absent PTE (pfn 0) always
+                # starts a run (its predecessor is never pfn -1), so the run starts show it; the
+                # permission bits are AND/OR-reduced. Only a failure builds the per-page mask.
+                if int(first_pf.min()) == 0 or int(np.bitwise_and.reduce(pr)) & need != need or (
+                        pending and int(np.bitwise_or.reduce(pr)) & _PTE_PENDING):
+                    bad = (pf == 0) | (((pr ^ np.uint8(need)) & bad_bits) != 0)
+                    j = int(np.argmax(bad))
+                    self._fault(device, max(a, (p0 + off + j) << PAGE_SHIFT), acc,
+                                self._why(int(pf[j]), int(pr[j]), acc))
+                ra.append((first_pf - 1) << PAGE_SHIFT)
                 rn.append(lens << PAGE_SHIFT)
             pa = np.concatenate(ra) if len(ra) > 1 else ra[0]
             pn = np.concatenate(rn) if len(rn) > 1 else rn[0]

@@ -525,7 +525,8 @@ class PhysMemory:
             Lock-free; never blocks.
 
         Returns:
-            ``ranges`` itself when nothing crosses an edge (the common case), else a new list.
+            ``ranges`` (validated, not copied) when nothing crosses an edge (the common case),
+            else a new list.
 
         Raises:
             TypeError / DmaBufError(EOVERFLOW): not a valid range list.

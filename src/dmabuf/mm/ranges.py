@@ -206,8 +206,8 @@ def _copy_ranges(r: np.ndarray) -> np.ndarray:
 
 
 #: Ranges compared per block when looking for run boundaries: the temporaries stay small
-#: (64 KiB), so they are recycled by malloc instead of being fresh, page-faulting mappings.
-_BLOCK = 8192
+#: (128 KiB), so they are recycled by malloc instead of being fresh, page-faulting mappings.
+_BLOCK = 16384
 
 
 def _breaks(a: np.ndarray, n: np.ndarray, r: np.ndarray) -> np.ndarray:
@@ -238,12 +238,14 @@ def _breaks(a: np.ndarray, n: np.ndarray, r: np.ndarray) -> np.ndarray:
 def _pack(a: np.ndarray, n: np.ndarray, brk: np.ndarray) -> np.ndarray:
     """Merge contiguous ranges into pieces; a piece ends after each index in ``brk`` (sorted)
     and at the end. A piece is ``[addr of its first range, end of its last range)``."""
+    # Fancy indexing, not np.take: take() first copies a strided source (a field of the
+    # structured list) into a contiguous temporary as large as the whole list.
     out = np.empty((brk.size + 1, 2), dtype=np.uint64)
     out[0, 0] = a[0]
-    np.take(a[1:], brk, out=out[1:, 0], mode="clip")      # "raise" would buffer `out`
-    out[-1, 1] = a[-1] + n[-1]
-    np.take(a, brk, out=out[:-1, 1], mode="clip")
+    out[1:, 0] = a[brk + 1]
+    out[:-1, 1] = a[brk]
     out[:-1, 1] += n[brk]
+    out[-1, 1] = a[-1] + n[-1]
     np.subtract(out[:, 1], out[:, 0], out=out[:, 1])
     return out.view(RANGE_DTYPE).reshape(-1)
 
@@ -350,6 +352,8 @@ def coalesce(ranges: np.ndarray, *, max_len: int | None = None) -> np.ndarray:
         cap = int(max_len)
         if cap <= 0:
             raise DmaBufError(errno.EINVAL, "coalesce: max_len must be positive")
+        if cap > _U64_MAX:
+            cap = None                              # no run of ranges can be that long
     if r.size <= 1:
         _check_overflow(r)
         return _copy_ranges(r) if r.size == 1 and int(r["len"][0]) else empty_ranges()

@@ -28,8 +28,11 @@ Importers (:class:`Import`) attach a device to a buffer in one of the scenario m
 * ``revocable`` — like dynamic, but an invalidation of a pinned attachment is a revoke: the
   importer stops for good.
 
-Modes a device implements itself (RDMA ODP and pinned MRs, HMM mirrors) belong to its driver;
-the runner reports them as missing when the driver does not provide them — it never imitates a
+Modes a device implements itself belong to its driver: RDMA MRs (:class:`MrImport`, the mlx5
+model's own registration paths) and HMM mirrors (:mod:`dmabuf.sim.svm`: the dmirror model of
+``dmabuf.devices.hmm_mirror`` on the device's PCI function, standing for amdgpu's SVM and mlx5's
+ODP on user memory; a buffer they import is process memory, :class:`~dmabuf.sim.svm.SvmExport`).
+The runner reports a mode as missing when no driver model provides it — it never imitates a
 driver it does not have.
 
 Each DMA is bracketed: :meth:`Import.begin` (resv held: remap if needed, wait for KERNEL fences,
@@ -373,10 +376,16 @@ class CmbExport(Export):
 
 
 def make_export(hr: HostRun, spec: BufferSpec) -> Export:
-    """The exporter adapter of a buffer spec (its device must be bound).
+    """The exporter adapter of a buffer spec (its device must be bound); a buffer imported
+    through HMM is process memory (:class:`~dmabuf.sim.svm.SvmExport`), not a dma-buf.
 
     Raises: DmaBufError from the driver (ENOMEM…); KeyError for an exporter kind without one.
     """
+    if any(i.mode == "hmm" for i in hr.host.imports if i.buffer == spec.name):
+        from dmabuf.sim.svm import SvmExport
+
+        return SvmExport(hr, spec, hr.devices[spec.exporter] if spec.exporter != "system"
+                         else None)
     if spec.exporter == "system":
         return SystemExport(hr, spec)
     dev = hr.devices[spec.exporter]
@@ -509,10 +518,12 @@ class Import:
         return (f"n/a: exporter {dmabuf.exp_name} offers a Physical Address List, which the "
                 f"{self.dev.driver_name} importer of the model does not negotiate")
 
-    def repr_info(self, table: Any, dma: np.ndarray) -> tuple[str, str, int, int]:
+    def repr_info(self, table: Any, dma: np.ndarray, iommu: bool = True
+                  ) -> tuple[str, str, int, int]:
         """What the importer holds for ``table`` — no kernel symbol.
 
-        Args: table: the exporter's map result (SgTable or PhysVec); dma: its DMA ranges.
+        Args: table: the exporter's map result (SgTable or PhysVec); dma: its DMA ranges;
+            iommu: whether those addresses are translated by the IOMMU.
         Context: pure. Raises: nothing. Kernel: none.
         Returns: ``(repr used, note, bytes of the objects held, entries)``.
         """
@@ -811,10 +822,11 @@ class MrImport(Import):
         if cost > 0:
             self.hr.machine.sched.sleep(cost)
 
-    def repr_info(self, table: Any, dma: np.ndarray) -> tuple[str, str, int, int]:
+    def repr_info(self, table: Any, dma: np.ndarray, iommu: bool = True
+                  ) -> tuple[str, str, int, int]:
         """As :meth:`Import.repr_info`; an MR holds the exporter's table and the umem's window
         of it (``ib_umem_dmabuf_map_pages``), both counted."""
-        used, note, nbytes, entries = super().repr_info(table, dma)
+        used, note, nbytes, entries = super().repr_info(table, dma, iommu)
         window = getattr(self.mr.umem, "dma", None) if self.mr is not None else None
         if isinstance(window, np.ndarray):
             nbytes += int(window.nbytes)
@@ -940,7 +952,8 @@ class P2pmemImport(Import):
         if cost > 0:
             self.hr.machine.sched.sleep(cost)
 
-    def repr_info(self, table: Any, dma: np.ndarray) -> tuple[str, str, int, int]:
+    def repr_info(self, table: Any, dma: np.ndarray, iommu: bool = True
+                  ) -> tuple[str, str, int, int]:
         if self.iova_state is not None:
             used, nbytes, entries = "iova", int(np.asarray(table).nbytes), 1
         elif isinstance(table, SgTable):
@@ -984,6 +997,9 @@ def region_node_map(hr: HostRun) -> Callable[[int], tuple[str, str]]:
             bdf = r.name.split(" BAR", 1)[0]
             node = pf.mem_of.get(bdf)
             label = "bar"
+        elif r.name.endswith(" devmem"):          # an SVM device's DEVICE_PRIVATE pool
+            node = pf.mem_of.get(r.name[:-len(" devmem")])
+            label = "vram"
         else:
             for n, d in names.items():
                 if r.name == n or r.name.startswith(n + "."):

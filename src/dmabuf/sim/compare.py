@@ -8,24 +8,34 @@ the mode — with the same seed, and each run is reduced to one row:
   attachments whose buffer sat in VRAM);
 * **invalidations** and **remaps** (re-maps and ODP faults), and the modelled **remap cost**
   (seconds spent re-mapping, including IOMMU work and UMR rewrites, plus fault round trips);
-* **mapping memory** — bytes the importers' mapping representations occupy (``sgtable``:
-  ``struct sg_table`` + 32-byte scatterlist entries in 4 KiB chunks; ``physvec``: 16 bytes per
-  range; ``iova``: one 16-byte range + a 16-byte ``dma_iova_state`` per translated mapping);
+* **mapping memory** — bytes of the objects the importers really hold for their mappings,
+  measured (``nbytes``): the exporter's SgTable, a PhysVec, the one IOVA range an importer linked
+  itself, an HMM mirror's ``hmm_dma_map`` (see :mod:`dmabuf.sim.actors`);
+* **held** — how many of the mapped importers hold the representation asked for. An importer
+  gets a representation only where the model supports it: dma-buf importers keep what the
+  exporter returns (every exporter of the model returns an SgTable: ``physvec`` and ``iova`` are
+  then ``n/a: exporter X only returns SgTable``, and the row shows what was measured with the
+  SgTable), p2pmem users map their physical ranges themselves (all three, but no IOVA for
+  ``BUS_ADDR``), HMM mirrors always hold an ``hmm_dma_map`` (one IOVA window);
 * **throughput** — bytes moved over the span of the streams, modelled.
 
 A mode the scenario's importers cannot do (a GPU cannot register an ODP MR) leaves those
-importers as they were; a mode whose driver support is missing (HMM mirrors) shows as
-``missing`` with the reason. Rows are deterministic for a seed.
+importers as they were. ``hmm`` switches a buffer's importers together or not at all (an HMM
+import makes the buffer process memory, which no kernel path exports as a dma-buf), and never
+for memory no process can map for HMM (habanalabs HBM, vfio-pci BARs: ``HMM_REFUSED``). A mode
+whose driver support is missing shows as ``missing`` with the reason. Rows are deterministic
+for a seed.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dmabuf.sim.runner import run_scenario
-from dmabuf.sim.scenario import KINDS, REPRESENTATIONS, HostSpec, Scenario
+from dmabuf.sim.scenario import HMM_REFUSED, KINDS, REPRESENTATIONS, HostSpec, ImportSpec, Scenario
 
 __all__ = ["COMPARE_MODES", "CompareRow", "compare", "variant"]
 
@@ -51,32 +61,71 @@ class CompareRow:
     throughput: float
     bytes_verified: int
     modelled_time: float
+    repr_held: int = 0
+    repr_mapped: int = 0
+    repr_note: str = ""
+    notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """The row as a plain dict (``--json``)."""
         return dict(self.__dict__)
 
 
+def _can(h: HostSpec, i: ImportSpec, mode: str) -> bool:
+    """Whether import ``i`` of host ``h`` can take ``mode``."""
+    kind = h.device(i.device).kind
+    exp = h.buffer(i.buffer).exporter
+    exp_kind = h.device(exp).kind if exp != "system" else "system"
+    if mode not in KINDS[kind].modes or exp_kind == "vfio" or i.expect is not None:
+        return False
+    return not (mode == "hmm" and exp_kind in HMM_REFUSED)
+
+
 def variant(s: Scenario, mode: str, rep: str) -> tuple[Scenario, int]:
-    """``s`` with every import switched to ``mode``/``rep`` where its device supports the mode.
+    """``s`` with every import switched to ``mode``/``rep`` where its device supports the mode
+    (``hmm``: a buffer's importers all together, or none of them — see the module docstring).
 
     Returns: the variant and how many imports took the mode.
     """
     switched = 0
     hosts: list[HostSpec] = []
     for h in s.hosts:
-        imps = []
-        for i in h.imports:
-            kind = h.device(i.device).kind
-            exp = h.buffer(i.buffer).exporter
-            exp_kind = h.device(exp).kind if exp != "system" else "system"
-            new_mode = i.mode
-            if mode in KINDS[kind].modes and exp_kind != "vfio" and i.expect is None:
-                new_mode = mode
-                switched += 1
-            imps.append(replace(i, mode=new_mode, repr=rep))
+        can = {i.key: _can(h, i, mode) for i in h.imports}
+        for b in {i.buffer for i in h.imports}:
+            group = [i for i in h.imports if i.buffer == b]
+            if mode == "hmm" or any(i.mode == "hmm" for i in group):
+                together = all(can[i.key] for i in group)
+                for i in group:
+                    can[i.key] = together
+        imps = [replace(i, mode=mode if can[i.key] else i.mode, repr=rep) for i in h.imports]
+        switched += sum(can.values())
         hosts.append(replace(h, imports=tuple(imps)))
     return s.replace_hosts(hosts), switched
+
+
+_ONLY_SGT = re.compile(r"^n/a: exporter (\S+) only returns SgTable")
+
+
+def summarize_notes(notes: Iterable[str]) -> str:
+    """One line from the importers' representation notes: ``"exporters amdgpu, system-heap only
+    return SgTable; BUS_ADDR P2P uses PCI bus addresses…"``."""
+    exps: list[str] = []
+    rest: list[str] = []
+    for n in notes:
+        m = _ONLY_SGT.match(n)
+        if m:
+            if m.group(1) not in exps:
+                exps.append(m.group(1))
+        else:
+            t = n[5:] if n.startswith("n/a: ") else n
+            if t not in rest:
+                rest.append(t)
+    parts = []
+    if exps:
+        parts.append(f"exporter{'s' if len(exps) > 1 else ''} {', '.join(exps)} only "
+                     f"return{'' if len(exps) > 1 else 's'} SgTable")
+    parts += rest
+    return "; ".join(parts)
 
 
 def _reduce(mode: str, rep: str, switched: int, report: dict[str, Any]) -> CompareRow:
@@ -94,8 +143,16 @@ def _reduce(mode: str, rep: str, switched: int, report: dict[str, Any]) -> Compa
     if not failures and refused:
         detail = "refused: " + "; ".join(f"{e['label']} ({e['detail'].split(']')[0]}])"
                                          for e in refused[:3])
+    held = mapped = 0
+    notes: list[str] = []
     for h in report["hosts"]:
         for a in h["attachments"]:
+            if a.get("repr_used") is not None:
+                mapped += 1
+                if a["repr_used"] == rep:
+                    held += 1
+                elif a.get("repr_note"):
+                    notes.append(a["repr_note"])
             inval += a["invalidations"]
             remaps += a["remaps"]
             faults += a["faults"]
@@ -116,9 +173,15 @@ def _reduce(mode: str, rep: str, switched: int, report: dict[str, Any]) -> Compa
     elif switched == 0:
         status = "n/a"
         detail = f"no importer of this scenario can do mode {mode!r}"
+    note = summarize_notes(notes)
+    if status == "ok" and mapped and held == 0:
+        status = "n/a"
+        detail = f"{note} (measured with what they hold)" + (f"; {detail}" if detail else "")
+    elif note:
+        detail = (f"{detail}; " if detail else "") + f"{held}/{mapped} hold {rep}, others: {note}"
     return CompareRow(mode, rep, status, detail, switched, pinned, inval, remaps, faults, cost,
                       mem, moved / span if span > 0 else 0.0, report["bytes_verified"],
-                      report["modelled_time"])
+                      report["modelled_time"], held, mapped, note, notes)
 
 
 def compare(s: Scenario, *, modes: Iterable[str] = COMPARE_MODES,

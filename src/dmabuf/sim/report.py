@@ -1,8 +1,9 @@
 """The report of a scenario run: a JSON-ready dict, its schema check, and rich tables.
 
 Kernel: none. The runner (:mod:`dmabuf.sim.runner`) produces one dict per run; its format is
-``pydmabuf.report/1``, documented field by field in ``docs/report-schema.json`` (a JSON Schema,
-draft 2020-12). Everything in it is deterministic for a given scenario and seed except the
+``pydmabuf.report/1``, documented field by field in ``dmabuf/data/report-schema.json`` (a JSON
+Schema, draft 2020-12, shipped with the package; ``docs/report-schema.json`` is an identical
+copy). Everything in it is deterministic for a given scenario and seed except the
 ``wall_time`` fields, so two runs with the same seed compare equal after
 :func:`strip_wall_times`.
 
@@ -26,7 +27,6 @@ import json
 import math
 from collections.abc import Mapping
 from importlib import resources
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -65,6 +65,7 @@ def _attachment(hr: HostRun, key: tuple[str, str]) -> dict[str, Any]:
         "exporter": hr.host.buffer(spec.buffer).exporter,
         "map_type": None, "p2p_decision": None, "distance": None, "path": [], "pci_path": [],
         "iommu": None, "location": None, "mapping_bytes": None, "mapping_entries": None,
+        "repr_used": None, "repr_note": "",
         "mapped_ranges": None, "maps": 0, "remaps": 0, "invalidations": 0, "faults": 0,
         "dmas": 0, "map_time": 0.0, "remap_time": 0.0, "invalidate_time": 0.0,
         "locations": [], "peer2peer": None, "pinned": False, "revoked": False,
@@ -100,7 +101,8 @@ def _attachment(hr: HostRun, key: tuple[str, str]) -> dict[str, Any]:
     if m is not None:
         out.update({"map_type": m.map_type, "path": list(m.path_nodes), "iommu": m.iommu,
                     "location": m.location, "mapping_bytes": m.repr_bytes,
-                    "mapping_entries": m.entries, "mapped_ranges": m.ranges})
+                    "mapping_entries": m.entries, "mapped_ranges": m.ranges,
+                    "repr_used": m.repr_used, "repr_note": m.repr_note})
     return out
 
 
@@ -234,6 +236,7 @@ def host_section(hr: HostRun, modelled: float, wall: float) -> dict[str, Any]:
         "streams": streams, "links": links, "moves": moves,
         "events": events, "faults": faults, "setup_time": t0,
         "warnings": [f"{r}: {m}" for r, m in hr.machine.warnings],
+        "fabric_events": int(hr.clock.events),
         "timeline": timeline,
     }
 
@@ -296,14 +299,17 @@ def to_json(report: Mapping[str, Any], *, indent: int | None = 1) -> str:
 
 
 def load_schema() -> dict[str, Any]:
-    """The report JSON Schema (``docs/report-schema.json``; a copy ships in the package)."""
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        cand = parent / "docs" / "report-schema.json"
-        if cand.is_file() and (parent / "pyproject.toml").is_file():
-            return json.loads(cand.read_text(encoding="utf-8"))
+    """The report JSON Schema, from the package data (``dmabuf/data/report-schema.json``).
+
+    The package copy is the source of truth (``docs/report-schema.json`` is the documented copy;
+    a test keeps them identical), so validation works from any installation, editable or not.
+
+    Context: reads package data. Returns: the schema dict.
+    Raises: FileNotFoundError when the package data is missing (a packaging bug). Kernel: none.
+    """
     ref = resources.files("dmabuf").joinpath("data", "report-schema.json")
-    return json.loads(ref.read_text(encoding="utf-8"))
+    schema: dict[str, Any] = json.loads(ref.read_text(encoding="utf-8"))
+    return schema
 
 
 _TYPES: dict[str, tuple[type, ...]] = {
@@ -412,6 +418,29 @@ def fmt_time(t: float | None) -> str:
     return f"{t:.3g} s"
 
 
+def _merged_moves(moves: list[dict[str, Any]]) -> list[tuple[dict[str, Any], int, int, float]]:
+    """Consecutive copies of one buffer in one direction as one row: (first, count, bytes,
+    busy seconds) — an HMM importer pulls an SVM range back granule by granule."""
+    out: list[tuple[dict[str, Any], int, int, float]] = []
+    last: dict[str, int] = {}
+    for mv in sorted(moves, key=lambda m: m["start"]):
+        k = last.get(mv["buffer"])
+        busy = mv["end"] - mv["start"]
+        if k is not None and k == len(out) - 1 and (out[k][0]["from"], out[k][0]["to"]) == (
+                mv["from"], mv["to"]):
+            first, n, nbytes, b = out[k]
+            out[k] = (first, n + 1, nbytes + mv["bytes"], b + busy)
+            continue
+        if k is not None and (out[k][0]["from"], out[k][0]["to"]) == (mv["from"], mv["to"]) \
+                and all(o[0]["buffer"] != mv["buffer"] for o in out[k + 1:]):
+            first, n, nbytes, b = out[k]
+            out[k] = (first, n + 1, nbytes + mv["bytes"], b + busy)
+            continue
+        last[mv["buffer"]] = len(out)
+        out.append((mv, 1, mv["bytes"], busy))
+    return out
+
+
 _STATUS_STYLE = {"ok": "green", "bound": "green", "expected-error": "cyan", "revoked": "cyan",
                  "missing": "yellow", "error": "bold red"}
 
@@ -452,8 +481,11 @@ def render(report: Mapping[str, Any], console: Console, *, flows: bool = False) 
             t.add_column(col, overflow="fold")
         for a in h["attachments"]:
             path = " → ".join(a["path"]) if a["path"] else "-"
-            mapping = (f"{a['repr']} {fmt_bytes(a['mapping_bytes'])} ({a['mapping_entries']} "
-                       f"ent)" if a["mapping_bytes"] is not None else a["repr"])
+            held = a.get("repr_used") or a["repr"]
+            if held != a["repr"]:
+                held = f"{held} (asked {a['repr']})"
+            mapping = (f"{held} {fmt_bytes(a['mapping_bytes'])} ({a['mapping_entries']} "
+                       f"ent)" if a["mapping_bytes"] is not None else held)
             iommu = "-" if a["iommu"] is None else ("IOVA" if a["iommu"] else "bypass")
             mt = a["map_type"] or a["p2p_decision"] or "-"
             if a["map_type"] and a["p2p_decision"] and a["map_type"] != a["p2p_decision"]:
@@ -481,9 +513,11 @@ def render(report: Mapping[str, Any], console: Console, *, flows: bool = False) 
             for col in ("time", "what", "outcome", "detail"):
                 t.add_column(col, overflow="fold")
             rows = [(e["time"], e["label"], e["outcome"], e["detail"]) for e in h["events"]]
-            rows += [(mv["start"], f"move {mv['buffer']} {mv['from']}→{mv['to']}", "ok",
-                      f"{fmt_bytes(mv['bytes'])} in {fmt_time(mv['end'] - mv['start'])}")
-                     for mv in h["moves"]]
+            for mv, n, nbytes, busy in _merged_moves(h["moves"]):
+                what = f"move {mv['buffer']} {mv['from']}→{mv['to']}" + (f" ×{n}" if n > 1
+                                                                         else "")
+                rows.append((mv["start"], what, "ok", f"{fmt_bytes(nbytes)} in "
+                             f"{fmt_time(busy)}" + (f" ({n} copies)" if n > 1 else "")))
             for tm, what, outcome, detail in sorted(rows, key=lambda r: r[0]):
                 t.add_row("setup" if tm < 0 else fmt_time(tm), what, st(outcome), detail)
             console.print(t)

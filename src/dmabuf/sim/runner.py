@@ -32,7 +32,9 @@ Bytes
     is bracketed by a fence in the buffer's reservation object (:meth:`Import.begin` /
     :meth:`Import.end`), so an exporter that moves or revokes the buffer waits for it.
     The real-bytes part of each transfer runs under one runner lock, so concurrent streams over
-    the same buffer verify against a consistent expectation.
+    the same buffer verify against a consistent expectation. HMM importers (``mode = "hmm"``,
+    :mod:`dmabuf.sim.svm`) have no fences: their mirror's notifier and lock keep them coherent;
+    a transfer with an HMM end moves its bytes through each end's own translation.
 
 Results
     :func:`run_scenario` returns the report as a plain dict (``docs/report-schema.json``):
@@ -71,11 +73,11 @@ from dmabuf.sim.actors import (
     P2pmemImport,
     make_export,
     region_node_map,
-    repr_bytes,
 )
 from dmabuf.sim.fabric import Direction, FlowKind, Hop
 from dmabuf.sim.pci_fabric import PciFabric, fabric_from_topology
 from dmabuf.sim.scenario import KINDS, EventSpec, HostSpec, Scenario, StreamSpec
+from dmabuf.sim.svm import HmmImport, mr_access
 from dmabuf.sim.timing import FabricClock, FlowSpec, fabric_clock
 from dmabuf.sim.verify import BufferTruth, StreamChecksum, fill_bytes, page_digests
 from dmabuf.sync.dma_resv import DmaResvUsage
@@ -185,6 +187,11 @@ class HostRun:
         self._pds: dict[str, Any] = {}
         self._qps: dict[str, tuple[Any, Any, Any, Any]] = {}
         self._attached: dict[tuple[str, str], Any] = {}
+        self._mm: Any = None
+        self._svm: dict[str, Any] = {}
+        self._workers: list[Any] = []
+        #: Device resets begun, per vfio device (a write verified after one is not checkable).
+        self.reset_epoch: dict[str, int] = {}
         self.t0 = 0.0
         self.event_handlers: dict[str, Callable[[HostRun, EventSpec], str]] = {
             "reset": _vfio_reset, "revoke": _vfio_revoke, "unrevoke": _vfio_unrevoke}
@@ -198,17 +205,70 @@ class HostRun:
             self._heap = system_heap_create(self.phys, machine=self.machine)
         return self._heap
 
+    def app_mm(self) -> Any:
+        """The host's application address space (``MmStruct``), created on first use: where
+        SVM buffers live (:mod:`dmabuf.sim.svm`)."""
+        if self._mm is None:
+            from dmabuf.mm.vma import MmStruct
+
+            self._mm = MmStruct(self.phys, machine=self.machine, name=f"{self.host.name}.app")
+        return self._mm
+
+    def svm_device(self, name: str) -> Any:
+        """The HMM half (:class:`~dmabuf.sim.svm.SvmDevice`) of device ``name``'s driver, on
+        the same PCI function; created on first use with a device-private pool the size of the
+        SVM buffers the device exports."""
+        dev = self._svm.get(name)
+        if dev is None:
+            from dmabuf.sim.svm import SvmDevice
+
+            svm_bufs = {i.buffer for i in self.host.imports if i.mode == "hmm"}
+            pool = sum(b.size for b in self.host.buffers
+                       if b.exporter == name and b.name in svm_bufs
+                       and self.host.device(name).kind == "gpu")
+            main = self.devices[name]
+            dev = SvmDevice(self.platform, main.pdev, name=main.name, devmem_size=pool, hr=self)
+            self._svm[name] = dev
+        return dev
+
+    def charge_device_copy(self, dev: Any, nbytes: int, to_vram: bool, label: str, *,
+                           evict: bool = False, svm: bool = False) -> None:
+        """Sleep the modelled time of a device's own copy between its memory and host RAM
+        (a TTM move, an SVM migration) and record it in ``moves`` — no kernel symbol.
+
+        Context: blocks the calling thread for the modelled time (the caller holds what the
+            driver holds during its copy).
+        """
+        mem = self.pf.mem_of.get(dev.bdf)
+        if mem is None or nbytes <= 0:
+            return
+        ram = self.pf.ram(self.platform.numa_node_of(dev.pdev))
+        path = self.pf.path(ram, mem) if to_vram else self.pf.path(mem, ram)
+        src, dst = ("RAM", "VRAM") if to_vram else ("VRAM", "RAM")
+        if not svm:
+            src, dst = ("TT", "VRAM") if to_vram else ("VRAM", "TT")
+        t0 = self.machine.sched.now()
+        self.clock.transfer(FlowSpec(f"move {label} {src}->{dst}", path, int(nbytes),
+                                     kind=FlowKind.READ if to_vram else FlowKind.WRITE,
+                                     iommu=bool(dev.dma.uses_dma_iommu)))
+        end = self.machine.sched.now()
+        last = self.moves[-1] if self.moves else None
+        if svm and last is not None and last["buffer"] == label and last["from"] == src \
+                and last["to"] == dst and abs(last["end"] - t0) < 1e-12:
+            last["bytes"] += int(nbytes)        # one migration in several granules
+            last["end"] = end
+            return
+        self.moves.append({"buffer": label, "device": dev.name, "from": src, "to": dst,
+                           "evict": evict, "bytes": int(nbytes), "start": t0, "end": end})
+
     def describe_mapping(self, imp: Import, table: Any) -> Mapping:
         """Derive everything the runner needs from an importer's map result."""
         if isinstance(table, SgTable):
             dma = np.asarray(table.dma_ranges())
-            entries = int(table.nents)
         elif isinstance(table, np.ndarray):
             dma = table
-            entries = int(table.size)
         else:
             dma = np.asarray(table.ranges)
-            entries = int(table.nr_ranges)
         dev = imp.dev
         if imp.attach is not None:
             imp.peer2peer = bool(imp.attach.peer2peer)
@@ -240,10 +300,10 @@ class HostRun:
             map_type = mt.name
             hops = self.pf.path(mem, devnode, via_rc=mt.name != "BUS_ADDR")
             iommu = uses_iommu and mt.name != "BUS_ADDR"
-        nbytes, ranges = repr_bytes(imp.spec.repr, table, dma, iommu)
+        used, note, nbytes, entries = imp.repr_info(table, dma, iommu)
         loc = imp.export.location()
         return Mapping(table, dma, owners, mem, loc, map_type, self.pf.nodes_of(hops), iommu,
-                       entries, ranges, nbytes)
+                       entries, int(dma.size), nbytes, used, note)
 
     def _decision(self, imp: Import) -> dict[str, Any]:
         """The P2P decision for (exporter, importer) as the kernel has it cached *now* (the
@@ -387,6 +447,10 @@ class HostRun:
                 t.join()
             for t in tasks:
                 t.result()
+            while self._workers:                  # SVM eviction workers started meanwhile
+                w = self._workers.pop(0)
+                w.join()
+                w.result()
             modelled = m.sched.now()
             for imp in self.imports.values():
                 if isinstance(imp, MrImport) and imp.mr is not None:
@@ -450,14 +514,17 @@ class HostRun:
             return
         kind = host.device(i.device).kind
         imp_cls: type[Import] = Import
-        if isinstance(self.exports[i.buffer], CmbExport):
+        if i.mode == "hmm":
+            from dmabuf.sim.svm import HmmImport
+
+            imp_cls = HmmImport
+        elif isinstance(self.exports[i.buffer], CmbExport):
             imp_cls = P2pmemImport
         elif kind == "nic":
             imp_cls = MrImport
         elif i.mode not in _GENERIC_MODES:
             self.import_status[key] = ("missing", f"mode {i.mode} needs the {kind} "
-                                       "driver's own support (HMM mirror: mm/hmm), which "
-                                       "is not integrated")
+                                       "driver's own support, which the model lacks")
             return
         imp = imp_cls(self, i, self.exports[i.buffer], self.devices[i.device])
         try:
@@ -565,6 +632,11 @@ class HostRun:
         st = state.spec
         m = self.machine
         imp = self.imports[(st.buffer, st.device)]
+        other = self.imports.get((st.peer_buffer, st.peer)) if st.peer and st.peer_buffer \
+            else None
+        if isinstance(imp, HmmImport) or isinstance(other, HmmImport):
+            self._transfer_hmm(state, i, imp, other)
+            return
         if isinstance(imp, P2pmemImport):
             self._transfer_p2pmem(state, i, imp)
             return
@@ -654,6 +726,7 @@ class HostRun:
             if state.status == "ok":
                 state.status = "revoked"
             return
+        epoch = self._epoch(dst)
         try:
             qp.post_send([wr])
             wcs = cq.poll(1)
@@ -680,6 +753,9 @@ class HostRun:
         path, kind, iommu = self._flow_path(st, m, pm, imp, peer)
         res = self.clock.transfer(FlowSpec(f"{st.name}#{i}", path, st.size, kind=kind,
                                            iommu=iommu))
+        if self._epoch(dst) != epoch:
+            self._unverifiable(state, i, dst, res, t_start)
+            return
         data = self.exports[dst].read_back(doff, st.size)
         bad = self.truths[src].check(soff, data)
         if bad:
@@ -698,6 +774,139 @@ class HostRun:
         if self.progress is not None:
             self.progress(self.host.name, self.done_bytes, self.total_bytes)
 
+    def _side(self, imp: Import, offset: int, length: int, write: bool,
+              data: np.ndarray | None = None) -> tuple[np.ndarray | None, float]:
+        """One end of a transfer that has an HMM end: a DMA through that end's own translation
+        (the mirror, the MR's MKey, the p2pmem DMA mapping). Returns (bytes read or None,
+        modelled seconds of faults to charge)."""
+        if isinstance(imp, HmmImport):
+            return imp.access(offset, length, write, data)
+        if isinstance(imp, MrImport):
+            try:
+                out = mr_access(imp, offset, length, write, data)
+            finally:
+                cost = imp.sync_stats()
+            imp.refresh()
+            return out, cost
+        if isinstance(imp, P2pmemImport) and imp.mapping is not None:
+            rng = slice_ranges(imp.mapping.dma, offset, length)
+            if write:
+                assert data is not None
+                imp.dev.engine.write(rng, data, owner=None)
+                return None, 0.0
+            return imp.dev.engine.read(rng, owner=None), 0.0
+        raise DmaBufError(errno.EOPNOTSUPP, f"{imp.name}: no DMA path for a transfer with an "
+                          "HMM end")
+
+    def _transfer_hmm(self, state: _StreamState, i: int, imp: Import,
+                      peer: Import | None) -> None:
+        """One transfer with an HMM end (:mod:`dmabuf.sim.svm`): read the source through its
+        end's translation (faulting what is missing), check it, write it through the other
+        end's, read it back through the exporter's pages; a CMB target is then committed to
+        the namespace. The bytes first, then the modelled flow (faults and migrations first)."""
+        st = state.spec
+        sched = self.machine.sched
+        off = self._offset(st.buffer, st.size, i)
+        poff = self._offset(st.peer_buffer, st.size, i) if st.peer_buffer else 0
+        t_start = sched.now()
+        ends = [p for p in (imp, peer) if p is not None]
+        if any(p.revoked for p in ends):
+            state.stopped = f"stopped at {self._us(t_start)}: MR revoked"
+            if state.status == "ok":
+                state.status = "revoked"
+            return
+        here = (imp, st.buffer, off)
+        there = (peer, st.peer_buffer, poff) if peer is not None and st.peer_buffer else None
+        src, dst = (here, there) if st.direction == "read" else (there, here)
+        cost = 0.0
+        back: np.ndarray | None = None
+        epoch = self._epoch(dst[1]) if dst is not None else 0
+        unverifiable = False
+        try:
+            if src is not None:
+                got, c = self._side(src[0], src[2], st.size, False)
+                cost += c
+                assert got is not None
+                data = got
+                bad = self.truths[src[1]].check(src[2], data)
+                if bad:
+                    self._bad(state, i, f"read by {src[0].dev.name}: {bad}")
+                    state.stopped = "error"
+                    return
+            else:
+                data = self._generated(st, i)
+            if dst is not None:
+                _none, c = self._side(dst[0], dst[2], st.size, True, data)
+                cost += c
+                exp = self.exports[dst[1]]
+                back = exp.read_back(dst[2], st.size)
+                unverifiable = self._epoch(dst[1]) != epoch
+                if not unverifiable:
+                    if not np.array_equal(page_digests(back), page_digests(data)):
+                        self._bad(state, i, f"bytes written into {dst[1]!r} at {dst[2]:#x} do "
+                                  "not read back through the exporter's pages")
+                        state.stopped = "error"
+                        return
+                    self.truths[dst[1]].update(dst[2], data)
+                nvme = getattr(exp, "nvme", None) or (
+                    getattr(exp, "dev", None) if getattr(exp, "exp_kind", "") == "nvme" else None)
+                if nvme is not None and not self._nvme_commit(state, i, exp, nvme, dst[2], back):
+                    return
+        except IommuFault as e:
+            self._bad(state, i, f"DMA fault: {e}")
+            state.stopped = "error"
+            return
+        except DmaBufError as e:
+            if any(p.revoked for p in ends):
+                state.stopped = f"stopped at {self._us(t_start)}: MR revoked " \
+                                f"({errno_name(e.errno or 0)})"
+                if state.status == "ok":
+                    state.status = "revoked"
+                return
+            self._bad(state, i, f"DMA failed: {e}", -(e.errno or errno.EIO))
+            state.stopped = "error"
+            return
+        if cost > 0:
+            sched.sleep(cost)
+        m = imp.mapping
+        pm = peer.mapping if peer is not None else None
+        if m is None or (peer is not None and pm is None):
+            self._bad(state, i, "a mapping is missing")
+            state.stopped = "error"
+            return
+        path, kind, iommu = self._flow_path(st, m, pm, imp, peer)
+        res = self.clock.transfer(FlowSpec(f"{st.name}#{i}", path, st.size, kind=kind,
+                                           iommu=iommu))
+        if unverifiable and dst is not None:
+            self._unverifiable(state, i, dst[1], res, t_start)
+            return
+        state.checksum.add(i, data)
+        state.verified += st.size
+        state.transfers += 1
+        state.bytes += st.size
+        state.first = min(state.first, t_start)
+        state.last = max(state.last, res.end)
+        state.flows.append((t_start, res.end))
+        state.rate_sum += res.transfer_rate
+        self.done_bytes += st.size
+        if self.progress is not None:
+            self.progress(self.host.name, self.done_bytes, self.total_bytes)
+
+    def _nvme_commit(self, state: _StreamState, i: int, exp: Export, nvme: Any, off: int,
+                     back: np.ndarray) -> bool:
+        """nvmet's second half: the controller writes the CMB staging bytes to its namespace
+        (``submit_bio`` of the P2P pages); verified by reading the media. False on failure."""
+        st = state.spec
+        disk = nvme.disk
+        lba = (i * st.size) % max(st.size, disk.capacity - disk.capacity % st.size)
+        disk.submit_bio(True, lba, slice_ranges(exp.truth_ranges(), off, st.size))
+        stored = disk.media.read(lba, st.size)
+        if not np.array_equal(page_digests(stored), page_digests(back)):
+            self._bad(state, i, f"namespace of {nvme.name} at {lba:#x} differs from the CMB it "
+                      "was written from")
+            return False
+        return True
+
     def _transfer_p2pmem(self, state: _StreamState, i: int, imp: P2pmemImport) -> None:
         """nvmet-rdma's P2P write: the host's data (the peer's buffer, read by the peer NIC
         through its MR's translation) lands in the target's p2pmem staging buffer (written by
@@ -713,6 +922,18 @@ class HostRun:
         poff = self._offset(st.peer_buffer, st.size, i)
         t_start = sched.now()
         peer.refresh()
+        if peer.mapping is None:
+            # an ODP MR maps nothing until the HCA touches it: the first access faults it in
+            try:
+                mr_access(peer, poff, st.size, False)
+            except DmaBufError as e:
+                self._bad(state, i, f"page fault on {peer.name} failed: {e}")
+                state.stopped = "error"
+                return
+            fault_time = peer.sync_stats()
+            peer.refresh()
+            if fault_time > 0:
+                sched.sleep(fault_time)
         m, pm = imp.mapping, peer.mapping
         if m is None or pm is None:
             self._bad(state, i, "a mapping is missing")
@@ -733,13 +954,7 @@ class HostRun:
                 self._bad(state, i, f"into the CMB at {off:#x}: {bad}")
                 return
             self.truths[st.buffer].update(off, back)
-            disk = exp.nvme.disk
-            lba = (i * st.size) % max(st.size, disk.capacity - disk.capacity % st.size)
-            disk.submit_bio(True, lba, slice_ranges(exp.truth_ranges(), off, st.size))
-            stored = disk.media.read(lba, st.size)
-            if not np.array_equal(page_digests(stored), page_digests(back)):
-                self._bad(state, i, f"namespace of {exp.nvme.name} at {lba:#x} differs from "
-                          "the CMB it was written from")
+            if not self._nvme_commit(state, i, exp, exp.nvme, off, back):
                 return
         except IommuFault as e:
             self._bad(state, i, f"DMA fault: {e}")
@@ -749,6 +964,28 @@ class HostRun:
             return
         state.checksum.add(i, back)
         state.verified += st.size
+        state.transfers += 1
+        state.bytes += st.size
+        state.first = min(state.first, t_start)
+        state.last = max(state.last, res.end)
+        state.flows.append((t_start, res.end))
+        state.rate_sum += res.transfer_rate
+        self.done_bytes += st.size
+        if self.progress is not None:
+            self.progress(self.host.name, self.done_bytes, self.total_bytes)
+
+    def _epoch(self, buffer: str) -> int:
+        """Resets begun on the device exporting ``buffer`` (0 for other exporters)."""
+        vdev = getattr(self.exports.get(buffer), "vdev", None)
+        return self.reset_epoch.get(vdev.name, 0) if vdev is not None else 0
+
+    def _unverifiable(self, state: _StreamState, i: int, buffer: str, res: Any,
+                      t_start: float) -> None:
+        """The write landed, then a device reset cleared the target before it could be read
+        back: the bytes moved, nothing is left to verify (not a failure)."""
+        st = state.spec
+        self.notes.append(f"stream {st.name} #{i}: written into {buffer!r}, which a device "
+                          "reset cleared before the read-back; not verified")
         state.transfers += 1
         state.bytes += st.size
         state.first = min(state.first, t_start)
@@ -872,6 +1109,7 @@ class HostRun:
                 raise _Missing(f"{ev.device}: {self.missing.get(ev.device)}")
             from dmabuf.devices.gpu import AmdgpuDomain
 
+            self._reap_svm(ev.device)
             before = gpu.evictions
             bo = gpu.alloc_bo(ev.bytes, domain=AmdgpuDomain.VRAM, name=f"pressure{ev.index}")
             self._pressure.append((gpu, bo))
@@ -888,6 +1126,12 @@ class HostRun:
             raise _Missing(f"{ev.action}: the vfio-pci driver this needs is not available")
         return str(handler(self, ev))
 
+    def _reap_svm(self, device: str) -> None:
+        """Free the svm_bos of ``device``'s SVM buffers that left VRAM (deferred frees)."""
+        for exp in self.exports.values():
+            if exp.spec.exporter == device and hasattr(exp, "reap"):
+                exp.reap()
+
     # ------------------------------------------------------------------ device copies
     def _on_trace(self, ev: TraceEvent) -> None:
         if ev.name != "ttm_bo_move":
@@ -896,33 +1140,30 @@ class HostRun:
         gpu: Any = self.devices.get(str(f.get("device")))
         if gpu is None:
             return
+        name = str(f.get("bo"))
+        if name.startswith("svm:"):
+            # TTM evicted an SVM range's svm_bo: its eviction worker migrates the range to RAM
+            # (in its own thread: mmap_lock must not be taken under the BO's reservation). The
+            # placeholder's own copy is not charged: the migration is.
+            exp = self.exports.get(name[4:])
+            if f.get("new") != "VRAM" and exp is not None and hasattr(exp, "svm_bo_evicted"):
+                self._workers.append(self.machine.sched.spawn(
+                    exp.svm_bo_evicted, name=f"svm_evict.{exp.name}"))
+            return
         size = None
         for exp in self.exports.values():
             bo = getattr(exp, "bo", None)
-            if bo is not None and bo.name == f.get("bo") and getattr(exp, "gpu", None) is gpu:
+            if bo is not None and bo.name == name and getattr(exp, "gpu", None) is gpu:
                 size = bo.size
                 break
         if size is None:
             for g, bo in self._pressure:
-                if g is gpu and bo.name == f.get("bo"):
+                if g is gpu and bo.name == name:
                     size = bo.size
         if size is None:
             return
-        mem = self.pf.mem_of.get(gpu.bdf)
-        if mem is None:
-            return
-        ram = self.pf.ram(self.platform.numa_node_of(gpu.pdev))
-        to_vram = f.get("new") == "VRAM"
-        path = self.pf.path(ram, mem) if to_vram else self.pf.path(mem, ram)
-        t0 = self.machine.sched.now()
-        self.clock.transfer(FlowSpec(f"move {f.get('bo')} {f.get('old')}->{f.get('new')}",
-                                     path, int(size),
-                                     kind=FlowKind.READ if to_vram else FlowKind.WRITE,
-                                     iommu=bool(gpu.dma.uses_dma_iommu)))
-        self.moves.append({"buffer": str(f.get("bo")), "device": gpu.name,
-                           "from": str(f.get("old")), "to": str(f.get("new")),
-                           "evict": bool(f.get("evict")), "bytes": int(size),
-                           "start": t0, "end": self.machine.sched.now()})
+        self.charge_device_copy(gpu, int(size), f.get("new") == "VRAM", name,
+                                evict=bool(f.get("evict")))
 
     # ------------------------------------------------------------------ end of run
     def _final_checks(self) -> None:
@@ -957,6 +1198,13 @@ class HostRun:
                 exp.release()
             except DmaBufError as e:
                 self.notes.append(f"release {exp.name}: {e}")
+        for svm in self._svm.values():
+            try:
+                svm.remove()
+            except DmaBufError as e:
+                self.notes.append(f"remove the HMM half of {svm.name}: {e}")
+        if self._mm is not None:
+            self._mm.exit()
         try:
             self.platform.close()
         except DmaBufError as e:
@@ -998,6 +1246,7 @@ def _after_reset(hr: HostRun, vdev: Any, exps: list[Export]) -> str:
 def _vfio_reset(hr: HostRun, ev: EventSpec) -> str:
     """``VFIO_DEVICE_RESET``: revoke every dma-buf of the device, reset, un-revoke."""
     vdev, exps = _vfio_of(hr, ev)
+    hr.reset_epoch[vdev.name] = hr.reset_epoch.get(vdev.name, 0) + 1
     vdev.reset()
     revoked = [imp.name for imp in hr.imports.values() if imp.export in exps and (
         imp.revoked or bool(getattr(getattr(getattr(imp, "mr", None), "umem", None), "revoked",

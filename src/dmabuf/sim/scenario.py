@@ -60,6 +60,7 @@ __all__ = [
     "ACTIONS",
     "DIRECTIONS",
     "FORMAT_VERSION",
+    "HMM_REFUSED",
     "IMPORT_MODES",
     "KINDS",
     "REPRESENTATIONS",
@@ -93,7 +94,9 @@ IMPORT_MODES: dict[str, str] = {
     "odp": "RDMA on-demand paging MR: invalidation zaps the NIC's translation; the next access "
            "faults and the NIC remaps",
     "revocable": "dma_buf_attach_revocable(): the exporter may revoke (vfio reset); DMA stops",
-    "hmm": "HMM mirror of a process mapping: hmm_range_fault + mmu interval notifier",
+    "hmm": "HMM mirror of process memory (GPU SVM, NIC ODP on user memory): "
+           "hmm_range_fault + mmu interval notifier; the buffer is then process memory, not a "
+           "dma-buf",
 }
 #: Mapping representations (``[[import]] repr``).
 REPRESENTATIONS: dict[str, str] = {
@@ -141,9 +144,10 @@ KINDS: dict[str, KindInfo] = {
                     ("static", "pinned", "dynamic", "hmm"), ("vram", "gtt"),
                     description="amdgpu/TTM-like: VRAM + GTT, eviction, dynamic exporter"),
     "nic": KindInfo("dmabuf.devices.rdma.mlx5_ib:RdmaNic", (0x02,), (),
-                    ("pinned", "dynamic", "odp", "revocable"), ("odp", "gbps"),
+                    ("pinned", "dynamic", "odp", "revocable", "hmm"), ("odp", "gbps"),
                     description="mlx5-like RDMA NIC: dma-buf MRs pinned, dynamic, ODP, "
-                                "pinned-revocable; RDMA WRITE/READ between NICs"),
+                                "pinned-revocable; ODP MRs over user memory (hmm); RDMA "
+                                "WRITE/READ between NICs"),
     "accel": KindInfo("dmabuf.devices.accel:Accel", (0x12,), ("hbm",), (), ("hbm",),
                       description="habanalabs-like accelerator: static, pinned HBM exporter"),
     "nvme": KindInfo("dmabuf.devices.nvme:Nvme", (0x01,), ("cmb",), ("static", "pinned"),
@@ -166,6 +170,13 @@ _STREAM_KEYS = {"name", "device", "buffer", "direction", "size", "count", "concu
                 "start", "gap", "peer", "peer_buffer"}
 _EVENT_KEYS = {"at", "action", "device", "buffer", "bytes", "port", "ctrl", "note"}
 _IOMMU_MODES = ("lazy", "strict", "passthrough", "off")
+#: Exporter kinds whose memory no process can map for HMM to mirror, and the kernel's reason
+#: (the others — ``system``, ``gpu``, ``nvme`` — are process memory: see dmabuf.sim.svm).
+HMM_REFUSED = {
+    "accel": "habanalabs device memory cannot be mapped into a process (its dma-buf mmap is "
+             "-EINVAL and the driver has no SVM), so there is no process range to mirror",
+    "vfio": "a vfio-pci BAR mmap is VM_PFNMAP|VM_IO: hmm_range_fault() returns -EFAULT on it",
+}
 _FILLS = ("random", "zero", "pattern")
 _DEFAULT_RAM = 8 << 30
 _DUR_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(s|ms|us|µs|ns)?\s*$")
@@ -921,12 +932,16 @@ def _imports(ctx: _Ctx, where: _Where, host: Mapping[str, Any], host_line: int |
             raise t.fail("mode", f"{buf!r} is a vfio-pci dma-buf: vfio-pci accepts only "
                          "revocable importers (mode = 'revocable'); to show the refusal, add "
                          "expect = 'EOPNOTSUPP'")
-        if exp_dev is not None and exp_dev.kind == "nvme" and (d.kind != "nic"
-                                                               or mode != "pinned"):
+        if exp_dev is not None and exp_dev.kind == "nvme" and (
+                d.kind != "nic" or mode not in ("pinned", "hmm")):
             raise t.fail("device" if d.kind != "nic" else "mode",
                          f"{buf!r} is p2pmem of {exp_dev.name}'s CMB (not a dma-buf): it is "
-                         "mapped by a NIC with the DMA API, as nvmet-rdma does; import it with "
-                         "a nic in mode = 'pinned'")
+                         "mapped by a NIC with the DMA API, as nvmet-rdma does (mode = "
+                         "'pinned'), or mirrored through an mmap of p2pmem (mode = 'hmm')")
+        if mode == "hmm":
+            ek = exp_dev.kind if exp_dev is not None else "system"
+            if ek in HMM_REFUSED:
+                raise t.fail("mode", f"{buf!r} cannot be mirrored with HMM: {HMM_REFUSED[ek]}")
         rep = t.text("repr", "sgtable", choices=REPRESENTATIONS)
         expect = t.opt_text("expect")
         if expect is not None:
@@ -939,7 +954,21 @@ def _imports(ctx: _Ctx, where: _Where, host: Mapping[str, Any], host_line: int |
             raise t.fail("buffer", f"{dev} already imports {buf!r} (line {seen[(buf, dev)]})")
         seen[(buf, dev)] = t.line
         at = t.duration("at", 0.0)
+        if mode == "hmm" and expect is not None:
+            raise t.fail("expect", "an HMM import has no attach or map to fail: HMM mirrors "
+                         "fault at the first access; remove expect")
         out.append(ImportSpec(buf, dev, mode, rep, expect, t.line or 1, at))
+    # A buffer imported through HMM is process memory, which no kernel path exports as a
+    # dma-buf: every importer of it must mirror it.
+    for imp in out:
+        if imp.mode != "hmm":
+            continue
+        other = next((o for o in out if o.buffer == imp.buffer and o.mode != "hmm"), None)
+        if other is not None:
+            raise ctx.fail(max(imp.line, other.line), f"{imp.buffer!r} is imported by "
+                           f"{imp.device} through HMM (process memory) and by {other.device} "
+                           f"as a dma-buf (mode {other.mode!r}); process memory is not a "
+                           "dma-buf: import it with mode = 'hmm' everywhere, or nowhere")
     return out
 
 
