@@ -21,6 +21,7 @@ from dmabuf.buf.dma_buf import (
     DmaBufRegistry,
     ExporterModule,
     Vma,
+    VmOps,
     dma_buf_attach_revocable,
     dma_buf_export,
     dma_buf_get,
@@ -36,6 +37,16 @@ from dmabuf.buf.sg_table import SgTable
 from dmabuf.errors import ERESTARTSYS, ContractViolation, DmaBufError
 from dmabuf.machine import Machine
 from dmabuf.mm.phys import PAGE_SIZE
+from dmabuf.mm.vma import (
+    PROT_READ,
+    VM_MAYEXEC,
+    VM_MAYREAD,
+    VM_MAYSHARE,
+    VM_MAYWRITE,
+    VM_READ,
+    VM_SHARED,
+    VM_WRITE,
+)
 from dmabuf.sync.dma_fence import DmaFence, DmaFenceOps, Interrupts
 from dmabuf.sync.dma_resv import DmaResv, DmaResvUsage
 
@@ -571,6 +582,22 @@ def test_mmap_maps_real_bytes(machine: Machine, phys) -> None:
     vma2 = Vma(PAGE_SIZE, pgoff=255)
     b.file.mmap(vma2)                        # dma_buf_mmap_internal: last page is fine
     b.put()
+
+
+def test_vma_flags_and_close_hook() -> None:
+    may = VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC
+    rw = Vma(PAGE_SIZE)                                    # mmap(RW, MAP_SHARED)
+    assert rw.vm_flags == VM_READ | VM_WRITE | VM_SHARED | VM_MAYSHARE | may
+    assert rw.shared and rw.writable and rw.vm_ops is None
+    assert Vma.for_mmap(PAGE_SIZE).vm_flags == rw.vm_flags
+    ro = Vma.for_mmap(2 * PAGE_SIZE, pgoff=3, prot=PROT_READ, shared=False)
+    assert (ro.length, ro.pgoff, ro.vm_flags) == (2 * PAGE_SIZE, 3, VM_READ | may)
+    assert not ro.shared and not ro.writable
+    ro.close()                                             # no vm_ops: nothing to run
+    seen: list[Vma] = []
+    ro.vm_ops = VmOps(close=seen.append)
+    ro.close()
+    assert seen == [ro]
 
 
 def test_vmap_refcount(machine: Machine, phys) -> None:

@@ -241,3 +241,64 @@ def test_one_gib_of_pages_is_vectorised() -> None:
     d = t.describe()
     assert d["orig_nents"] == n and d["dma_only"] is False and d["dma_mapped"] is False
     assert "pages" in repr(t)
+
+
+class _BusDev(DirectDev):
+    """dma-direct plus the optional ``bus_address_mask`` extension: ranges in ``bar0`` are bus
+    addresses (a P2P ``BUS_ADDR`` peer, offset 0)."""
+
+    def __init__(self, name: str, phys: PhysMemory, shape_bug: bool = False) -> None:
+        super().__init__(name, phys)
+        self.shape_bug = shape_bug
+
+    def bus_address_mask(self, dma: np.ndarray) -> np.ndarray:
+        bar = self.phys.region("bar0")
+        mask = (dma["addr"] >= np.uint64(bar.base)) & (dma["addr"] < np.uint64(bar.end))
+        return mask[:-1] if self.shape_bug else mask
+
+
+def test_map_marks_bus_address_entries_from_the_device(pm: PhysMemory) -> None:
+    ram, bar = pm.region("ram0").base, pm.region("bar0").base
+    plain = DirectDev("nic0", pm)          # no extension: never a bus address
+    t = SgTable.from_ranges(make_ranges([ram, ram + 8 * PAGE_SIZE], [PAGE_SIZE] * 2))
+    t.map(plain, DmaDataDirection.TO_DEVICE)
+    assert t.dma_flags().tolist() == [0, 0]
+    t.unmap()
+    dev = _BusDev("nic1", pm)
+    t.map(dev, DmaDataDirection.TO_DEVICE)                   # RAM: not bus addresses
+    assert t.dma_flags().tolist() == [0, 0]
+    t.unmap()
+    peer = SgTable.from_ranges(make_ranges([bar, bar + 4 * PAGE_SIZE], [PAGE_SIZE] * 2))
+    peer.map(dev, DmaDataDirection.BIDIRECTIONAL, mmio=True)
+    assert peer.dma_flags().tolist() == [SG_DMA_BUS_ADDRESS, SG_DMA_BUS_ADDRESS]
+    peer.unmap()
+    assert peer.entries["dma_flags"].tolist() == [0, 0]       # unmap clears the DMA part
+
+
+def test_bus_address_flags_follow_uint_max_splits(pm: PhysMemory) -> None:
+    class Wide(_BusDev):
+        def map_ranges(self, phys: np.ndarray, direction: int, *,
+                       mmio: bool = False) -> np.ndarray:
+            super().map_ranges(phys, direction, mmio=mmio)
+            # an IOMMU-like device merging everything into one 5 GiB range after a bus one
+            return make_ranges([pm.region("bar0").base, 1 << 40], [PAGE_SIZE, 5 * GiB])
+
+        def unmap_ranges(self, dma: np.ndarray, direction: int) -> None:
+            self.unmapped = True
+
+    dev = Wide("wide", pm)
+    t = SgTable.from_ranges(make_ranges([pm.region("bar0").base], [PAGE_SIZE]))
+    t.map(dev, DmaDataDirection.BIDIRECTIONAL, mmio=True)
+    assert t.nents == 3                                  # 4 KiB + (UINT_MAX, 5 GiB - UINT_MAX)
+    assert t.dma_flags().tolist() == [SG_DMA_BUS_ADDRESS, 0, 0]
+    t.unmap()
+    assert dev.unmapped
+
+
+def test_a_bad_bus_address_mask_is_a_violation_and_unmaps(pm: PhysMemory) -> None:
+    dev = _BusDev("buggy", pm, shape_bug=True)
+    t = SgTable.from_ranges(make_ranges([pm.region("bar0").base], [PAGE_SIZE]))
+    with pytest.raises(ContractViolation) as e:
+        t.map(dev, DmaDataDirection.BIDIRECTIONAL, mmio=True)
+    assert e.value.rule == "sg_dma_mark_bus_address"
+    assert not t.dma_mapped and dev.live_mappings == 0 and dev.unmap_calls == 1

@@ -34,6 +34,7 @@ from dmabuf.mm.memfd import (
     MFD_ALLOW_SEALING,
     MFD_CLOEXEC,
 )
+from dmabuf.mm.vma import PROT_READ, VM_SHARED, VM_WRITE
 
 MiB = 1 << 20
 
@@ -176,7 +177,7 @@ def test_zero_copy_and_release(pm: PhysMemory) -> None:
     assert vma.view.read(4 * PAGE_SIZE, 6).tobytes() == b"second"
     vma.view.write(4 * PAGE_SIZE + 1, b"E")
     assert mem.pread(6, 0) == b"sEcond"
-    priv = Vma(length=PAGE_SIZE, shared=False)
+    priv = Vma.for_mmap(PAGE_SIZE, shared=False)
     with pytest.raises(DmaBufError) as e:
         fds.lookup(fd).mmap(priv)
     assert e.value.errno == errno.EINVAL
@@ -300,21 +301,23 @@ def test_memfd_file_mmap(pm: PhysMemory) -> None:
     m.pwrite(b"Z", PAGE_SIZE)
     assert vma.view.read(PAGE_SIZE, 1).tobytes() == b"Z"
     assert _errno(lambda: memfd_add_seals(fd, F_SEAL_WRITE)) == errno.EBUSY
-    vma.vm_close()                                     # type: ignore[attr-defined]
+    assert vma.vm_ops is not None and vma.vm_ops.close is not None
+    vma.close()                                        # vm_ops->close: unpin, munmap
     assert m.pinned_pages == 0
     memfd_add_seals(fd, F_SEAL_WRITE)
     w = Vma(length=PAGE_SIZE)
+    assert w.vm_flags & (VM_WRITE | VM_SHARED) == VM_WRITE | VM_SHARED      # the default
     assert _errno(lambda: f.mmap(w)) == errno.EPERM    # writable shared of a sealed memfd
-    for ok in (Vma(length=PAGE_SIZE, shared=False), Vma(length=PAGE_SIZE)):
-        if ok.shared:
-            ok.vm_write = False                        # type: ignore[attr-defined]
+    for ok in (Vma.for_mmap(PAGE_SIZE, shared=False),
+               Vma.for_mmap(PAGE_SIZE, prot=PROT_READ)):
+        assert ok.writable != ok.shared
         f.mmap(ok)
         assert ok.view.read(5, 3).tobytes() == b"abc"
-        ok.vm_close()                                  # type: ignore[attr-defined]
-    past = Vma(length=PAGE_SIZE, pgoff=3, shared=False)
+        ok.close()
+    past = Vma.for_mmap(PAGE_SIZE, pgoff=3, shared=False)
     f.mmap(past)                                       # beyond EOF: no pages in the view
     assert len(past.view) == 0 and m.pinned_pages == 0
-    past.vm_close()                                    # type: ignore[attr-defined]
+    past.close()
     assert _errno(lambda: f.mmap(Vma(length=0))) == errno.EINVAL
     fds.close(fd)
     assert m.released

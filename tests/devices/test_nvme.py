@@ -26,6 +26,7 @@ from dmabuf.devices.nvme import (
     VirtioBlk,
 )
 from dmabuf.dma.defs import DmaDataDirection
+from dmabuf.dma.fabric import PciP2pdmaMapType
 from dmabuf.dma.mapping import dma_map_phys_ranges, dma_unmap_phys_ranges
 from dmabuf.errors import DmaBufError
 from dmabuf.machine import Machine
@@ -33,6 +34,7 @@ from dmabuf.mm.memremap import memremap_registry
 from dmabuf.mm.phys import PAGE_SIZE
 from dmabuf.mm.vma import MAP_PRIVATE, MAP_SHARED, PROT_READ, PROT_WRITE, MmStruct
 from dmabuf.pci import loads_toml, pci_p2pmem_alloc_sgl, pci_p2pmem_find_many
+from dmabuf.pci.p2pdma import map_types_idx
 
 MiB = 1 << 20
 ROOTS = Path("/work/shared/fixtures/sysfs-roots")
@@ -352,3 +354,30 @@ def test_cmb_registration_failure_is_logged_and_probe_continues(machine: Machine
         with pytest.raises(DmaBufError) as e:
             p.bind(Nvme, "rp0")
         assert e.value.errno == errno.ENODEV
+
+
+@needs_fixtures
+def test_dma_asks_no_p2p_decision_for_providers_it_never_maps(machine: Machine) -> None:
+    """03:00.0 DMAs to RAM and to 04:00.0's CMB (same switch) but never to 05:00.0's CMB (across
+    root ports): no decision for 05:00.0 <- 03:00.0 is computed, cached or logged."""
+    with Platform(ROOTS / "a_switch_intel" / "root", ram_size=256 * MiB, machine=machine,
+                  iommu="off") as p:
+        near = p.bind(Nvme, "0000:04:00.0")
+        far = p.bind(Nvme, "0000:05:00.0")
+        client = p.bind(Nvme, "0000:03:00.0")
+        assert near.p2pmem is not None and far.p2pmem is not None
+        mm = MmStruct(p.phys, name="app")
+        ram = mm.mmap(64 * 1024)
+        mm.write(ram, b"to the disk")
+        assert client.disk.direct_write(mm, ram, 4096, 0) == 4096        # RAM: no P2P at all
+        buf = mm.mmap(64 * 1024, PROT_READ | PROT_WRITE, MAP_SHARED, file=near.p2pmem.allocate)
+        assert client.disk.direct_read(mm, buf, 4096, 0) == 4096         # BUS_ADDR peer
+        assert bytes(mm.read(buf, 11)) == b"to the disk"
+        client_idx = map_types_idx(p.pci_dev("0000:03:00.0"))
+        far_state = p.pci_dev("0000:05:00.0").p2pdma
+        near_state = p.pci_dev("0000:04:00.0").p2pdma
+        assert far_state is not None and near_state is not None
+        assert client_idx not in far_state.map_types
+        assert near_state.map_types == {client_idx: PciP2pdmaMapType.BUS_ADDR}
+        assert not any("0000:03:00.0: cannot be used for peer-to-peer" in line
+                       for line in p.topology.log)

@@ -13,6 +13,7 @@ from dmabuf.dma import IommuDomainType, PciP2pdmaMapType
 from dmabuf.errors import DmaBufError, IommuFault
 from dmabuf.machine import Machine
 from dmabuf.mm import PAGE_SIZE, MemKind
+from dmabuf.pci.topology import PciDev
 from dmabuf.sched import explore
 from dmabuf.sync.sw_sync import SwSyncTimeline
 from dmabuf.testing.paths import sysfs_roots_dir
@@ -188,14 +189,19 @@ def test_bind_errors() -> None:
 
 
 def test_failed_probe_leaves_nothing_bound() -> None:
+    seen: list[str | None] = []
+
     class Broken(Device):
-        def __init__(self, *a: object, **kw: object) -> None:
+        driver_name = "broken"
+
+        def __init__(self, platform: Platform, pdev: PciDev, **kw: object) -> None:
+            seen.append(pdev.driver)           # really_probe(): dev->driver set before probe
             raise DmaBufError(errno.EIO, "firmware did not load")
 
     p = Platform()
     with pytest.raises(DmaBufError) as e:
         p.bind(Broken, "nic0")
-    assert e.value.errno == errno.EIO
+    assert e.value.errno == errno.EIO and seen == ["broken"]
     assert p.devices == {} and p.pci_dev("nic0").driver == "mlx5_core"
     assert p.bind(Device, "nic0").name == "nic0"
     p.close()

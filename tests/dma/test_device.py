@@ -9,7 +9,7 @@ import pytest
 
 from dmabuf.buf.device import DmaDev
 from dmabuf.buf.dma_engine import DmaEngine
-from dmabuf.buf.sg_table import SgTable
+from dmabuf.buf.sg_table import SG_DMA_BUS_ADDRESS, SgTable
 from dmabuf.dma import (
     DmaDataDirection,
     DmaDevice,
@@ -58,6 +58,46 @@ def test_sg_table_map_through_iommu_and_engine(rig: Rig) -> None:
         eng.read(dma, owner=o)
     with pytest.raises(ContractViolation):
         dev.unmap_ranges(dma, BIDI)
+
+
+def test_sg_table_map_marks_bus_addresses_as_dma_map_sgtable(rig: Rig) -> None:
+    nic = rig.device(NIC, rig.domain("n"))                  # BUS_ADDR peer of the GPU
+    o = rig.pm.new_owner("ram buffer")
+    ram = rig.pm.alloc(rig.ram, 2 * 4096, o)
+    sgt = SgTable.from_ranges(make_ranges([rig.bar.base, rig.bar.base + 0x10000], [4096, 4096]))
+    sgt.map(nic, BIDI, mmio=True)
+    assert sgt.dma_ranges().tolist() == [(rig.bar.base + rig.bus_offset, 4096),
+                                         (rig.bar.base + 0x10000 + rig.bus_offset, 4096)]
+    assert sgt.dma_flags().tolist() == [SG_DMA_BUS_ADDRESS] * 2
+    assert nic.bus_address_mask(sgt.dma_ranges()).tolist() == [True, True]   # the record
+    sgt.unmap()
+    rsgt = SgTable.from_pages(ram).map(nic, BIDI)           # RAM through the IOMMU: an IOVA
+    assert rsgt.dma_flags().tolist() == [0] and nic.bus_address_mask(rsgt.dma_ranges()).tolist() \
+        == [False]
+    rsgt.unmap()
+    # not a live map_ranges list: the bus decode translate applies (window + BUS_ADDR decision)
+    probe = make_ranges([rig.bar.base + rig.bus_offset + 0x2000, rig.ram.base], [8, 8])
+    assert nic.bus_address_mask(probe).tolist() == [True, False]
+    thru = rig.device(CPU_NIC)                              # THRU_HOST_BRIDGE: never a bus addr
+    assert thru.bus_address_mask(probe).tolist() == [False, False]
+    tsgt = SgTable.from_ranges(make_ranges([rig.bar.base], [4096])).map(thru, BIDI, mmio=True)
+    assert tsgt.dma_flags().tolist() == [0]
+    tsgt.unmap()
+
+
+def test_translation_asks_p2p_decisions_only_for_windows_it_hits(rig: Rig) -> None:
+    nic = rig.device(NIC)
+    o = rig.pm.new_owner("ram buffer")
+    pages = rig.pm.alloc(rig.ram, 4 * 4096, o)
+    dma = nic.map_ranges(pages, BIDI)                       # RAM, dma-direct
+    before = rig.fabric.queries
+    nic.dma_write(dma, rig.pattern(4 * 4096), expect_owner=o)
+    nic.translate(np.concatenate([dma, dma]))               # the multi-range path too
+    assert rig.fabric.queries == before                     # the GPU window was never asked
+    bus = make_ranges([rig.bar.base + rig.bus_offset], [16])
+    assert nic.translate(bus).tolist() == [(rig.bar.base, 16)]
+    assert rig.fabric.queries > before                      # now it was: the address is in it
+    nic.unmap_ranges(dma, BIDI)
 
 
 def test_map_ranges_mmio_p2p(rig: Rig) -> None:

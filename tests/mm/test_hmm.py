@@ -51,6 +51,8 @@ from dmabuf.mm.vma import (
     Vma,
     remap_pfn_range,
 )
+from dmabuf.pci import loads_toml
+from dmabuf.pci.topo_toml import default_topology_path
 from dmabuf.sched import explore
 
 from .mm_helpers import FakeDevmem, FakeP2pmem, make_phys
@@ -436,6 +438,23 @@ def test_mirror_of_p2pmem_uses_the_p2p_map_type(machine: Machine, client: str,
         assert not pf & other
         if flag == HMM_PFN_P2PDMA_BUS:     # bus address = the BAR address on x86, no IOVA
             assert int(mr.dmap.dma_list[0]) == hmm_pfn_to_phys(pf)
+
+
+def test_mirror_bus_address_uses_the_kernel_sign_of_bus_offset(machine: Machine) -> None:
+    """hmm_dma_map_pfn: ``bus = paddr + bus_offset`` (pci_p2pdma_bus_addr_map)."""
+    off = 0x100_0000_0000                   # the host bridge puts nvme0's CMB 1 TiB higher
+    text = default_topology_path()
+    with open(text, encoding="utf-8") as f:
+        toml = f.read().replace("address = 0x11040000000\n",
+                                f"address = 0x11040000000\n  bus_offset = {off}\n", 1)
+    with Platform(loads_toml(toml), ram_size=1 << 28, machine=machine) as p:
+        mr, _mm, a = _p2p_setup(p, "nvme0", "gpu0")
+        assert bytes(mr.read(a, 9)) == b"p2p-bytes"         # the device's DMA decodes it back
+        pf = int(mr.dmap.pfn_list[0])
+        assert pf & HMM_PFN_P2PDMA_BUS and pf & HMM_PFN_DMA_MAPPED
+        assert int(mr.dmap.dma_list[0]) == hmm_pfn_to_phys(pf) + off
+        assert p.bars["0000:05:00.0 BAR2"].base <= hmm_pfn_to_phys(pf) < \
+            p.bars["0000:05:00.0 BAR2"].end
 
 
 def test_mirror_of_p2pmem_refused_across_intel_root_ports(machine: Machine) -> None:

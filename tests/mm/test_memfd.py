@@ -148,6 +148,30 @@ def test_truncate_frees_and_poisons(pm: PhysMemory) -> None:
         pin.unpin()
 
 
+def test_page_cache_lookup_and_get(pm: PhysMemory) -> None:
+    m = MemFd(pm, "pc")
+    m.ftruncate(4 * PAGE_SIZE)
+    m.pwrite(b"B", 3 * PAGE_SIZE)
+    looked = m.filemap_lookup([0, 3, 4, -1])
+    assert looked[0] == 0 and looked[2] == 0 and looked[3] == 0 and looked[1] != 0
+    assert m.resident_pages == 1                                  # lookup allocates nothing
+    got = m.filemap_get(np.array([1, 3, 1, 9]))                   # holes filled, EOF -> 0
+    assert got[1] == looked[1] and got[0] == got[2] != 0 and got[3] == 0
+    assert m.resident_pages == 2                                  # only page 1 was a hole
+    assert bytes(pm.view(int(got[0]), 4)) == b"\0" * 4              # zero filled
+    assert pm.owners_of(np.array([(int(got[0]), PAGE_SIZE)],
+                                 dtype=[("addr", "<u8"), ("len", "<u8")])).tolist() == [m.owner]
+    assert m.filemap_get([]).size == 0
+    calls: list[int] = []
+    mp = m.mmap(0, 4 * PAGE_SIZE)
+    mp.on_truncate = calls.append
+    m.ftruncate(2 * PAGE_SIZE)                                    # drops pages 2..3
+    m.ftruncate(3 * PAGE_SIZE)                                    # growing runs no hook
+    assert calls == [2]
+    m.release()
+    assert calls == [2, 0]
+
+
 def test_pins_and_release(pm: PhysMemory) -> None:
     m = MemFd(pm, "pin")
     m.ftruncate(8 * PAGE_SIZE)

@@ -266,6 +266,47 @@ def test_truncated_memfd_gives_sigbus_beyond_eof(mm: MmStruct) -> None:
     assert bytes(mm.read(s + PAGE_SIZE, 1)) == b"\0"
 
 
+def test_truncation_zaps_the_mapping_before_freeing_the_pages(mm: MmStruct) -> None:
+    """truncate_pagecache(): unmap_mapping_range() zaps every mapping of the dropped pages (an
+    MMU_NOTIFY_CLEAR invalidation) before they are freed; pages before EOF stay mapped."""
+    f = MemFd(mm.phys, "t")
+    f.ftruncate(4 * PAGE_SIZE)
+    s = mm.mmap(4 * PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, file=f)
+    p = mm.mmap(4 * PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE, file=f)
+    mm.write(s, np.full(4 * PAGE_SIZE, 7, dtype=np.uint8))
+    mm.write(p + 3 * PAGE_SIZE, b"cow")                  # a private COW copy past the new EOF
+    mm.munmap(s + 2 * PAGE_SIZE, PAGE_SIZE)              # split: [s, s+2P) and [s+3P, s+4P)
+    seen: list[tuple[str, int, int]] = []
+
+    class Rec:
+        def invalidate(self, sub: MmuIntervalNotifier, rng: MmuNotifierRange,
+                       cur_seq: int) -> bool:
+            seen.append((rng.event.name, rng.start, rng.end))
+            mmu_interval_set_seq(sub, cur_seq)
+            return True
+
+    sub = MmuIntervalNotifier()
+    mmu_interval_notifier_insert(sub, mm, s, 4 * PAGE_SIZE, Rec())
+    cache = f.filemap_lookup(np.arange(4))
+    assert bool(cache.all())
+    anon_before = mm.stats["anon_pages"]
+    f.ftruncate(PAGE_SIZE + 10)                          # pages 2 and 3 leave the cache
+    assert f.filemap_lookup(np.arange(4)).tolist() == [int(cache[0]), int(cache[1]), 0, 0]
+    assert ("MMU_NOTIFY_CLEAR", s + 3 * PAGE_SIZE, s + 4 * PAGE_SIZE) in seen
+    pfn, pte = mm.lookup(s, 2)
+    assert pte.tolist() == [PTE_PRESENT | PTE_FILE | PTE_WRITE] * 2   # before EOF: untouched
+    assert mm.lookup(s + 3 * PAGE_SIZE, 1)[1].tolist() == [0]          # zapped at once
+    assert mm.lookup(p + 2 * PAGE_SIZE, 2)[1].tolist() == [0, 0]       # even the COW copy
+    owners = mm.phys.owners_of(np.array([(int(cache[2]), PAGE_SIZE), (int(cache[3]), PAGE_SIZE)],
+                                        dtype=[("addr", "<u8"), ("len", "<u8")]))
+    assert owners.tolist() == [OWNER_POISON, OWNER_POISON]              # freed after the zap
+    assert mm.stats["anon_pages"] == anon_before
+    with pytest.raises(DmaBufError) as e:
+        mm.read(p + 2 * PAGE_SIZE, 1)                    # SIGBUS beyond EOF
+    assert e.value.errno == errno.EFAULT
+    assert bytes(mm.read(s + PAGE_SIZE, 2)) == b"\x07\x07"
+
+
 def test_shared_anonymous_mapping_is_shmem(mm: MmStruct) -> None:
     a = mm.mmap(PAGE_SIZE, flags=MAP_SHARED | MAP_ANONYMOUS)
     v = mm.vma_lookup(a)

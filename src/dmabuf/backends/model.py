@@ -359,7 +359,7 @@ class _ScmInflight:
 
 
 class _VmaState:
-    """What one model mapping holds: the VMA (file reference, view, vm_close) and CPython's dup."""
+    """What one model mapping holds: the VMA (file reference, view, vm_ops) and CPython's dup."""
 
     def __init__(self, proc: Process, file: File, vma: Vma) -> None:
         self.proc = proc
@@ -379,9 +379,7 @@ class _VmaState:
         view = self.vma.view
         if isinstance(view, PhysView):
             view.close()
-        close = getattr(self.vma, "vm_close", None)
-        if callable(close):
-            close()
+        self.vma.close()
         self.file.put()
 
     def close_dup(self) -> None:
@@ -594,8 +592,8 @@ class ModelBackend:
                 raise _err(errno.EACCES, "mmap(PROT_WRITE, MAP_SHARED) of a file not open for "
                            "writing (open it O_RDWR)")
             npages = -(-length // PAGE_SIZE)
-            vma = Vma(length=npages << PAGE_SHIFT, pgoff=offset >> PAGE_SHIFT, shared=shared)
-            vma.vm_write = writable              # type: ignore[attr-defined]  # VM_WRITE
+            vma = Vma.for_mmap(npages << PAGE_SHIFT, pgoff=offset >> PAGE_SHIFT,
+                               prot=prot, shared=shared)
             f.mmap(vma)
             try:
                 region = self._host_map(vma, length, prot, shared)

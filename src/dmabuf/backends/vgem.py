@@ -76,6 +76,7 @@ from dmabuf.buf.dma_buf import (
     DmaBufExportInfo,
     DmaBufOps,
     Vma,
+    VmOps,
     dma_buf_export,
     dma_buf_get,
 )
@@ -894,7 +895,7 @@ class VgemFileOps(FileOperations):
         except BaseException:
             obj.put()
             raise
-        vma.vm_close = obj.put                    # type: ignore[attr-defined]
+        vma.vm_ops = VmOps(close=lambda _vma: obj.put())    # drm_gem_vm_close()
 
     def ioctl(self, file: File, cmd: int, arg: Any) -> Any:
         """``drm_ioctl()``: copy the argument in/out per ``_IOC_SIZE`` and dispatch.

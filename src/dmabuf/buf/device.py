@@ -14,11 +14,18 @@ maps its memory *for that device* with the DMA API (``dma_map_sgtable``, ``dma_m
 * ``translate(dma)`` — what the device's DMA actually reaches: the CPU physical ranges behind DMA
   addresses (the IOMMU page walk / bus decode), faulting on untranslated addresses.
 
+Optional extension — :class:`DmaDevBusAddress`: ``bus_address_mask(dma)`` says which ranges a
+``map_ranges`` returned are PCI bus addresses (P2P ``BUS_ADDR``, routed by a switch, bypassing the
+IOMMU). :meth:`SgTable.map <dmabuf.buf.sg_table.SgTable.map>` marks those entries
+``SG_DMA_BUS_ADDRESS``, as ``dma_map_sgtable()`` does; a device without the method has none
+(:func:`dma_bus_address_mask` is the probe).
+
 The DMA layer's ``DmaDevice`` (IOMMU domains, IOVA allocation, P2P map types) implements the same
-Protocol; :class:`DirectDev` here is the smallest faithful implementation — **dma-direct without
-an IOMMU** (kernel/dma/direct.c): the DMA address of a page is its physical address, mapping never
-allocates anything, and an address above the device's DMA mask fails (``DMA_MAPPING_ERROR``, which
-``dma_map_sgtable`` reports as ``-EIO``) because the model has no swiotlb bounce buffers.
+Protocol and the extension; :class:`DirectDev` here is the smallest faithful implementation —
+**dma-direct without an IOMMU** (kernel/dma/direct.c): the DMA address of a page is its physical
+address, mapping never allocates anything, and an address above the device's DMA mask fails
+(``DMA_MAPPING_ERROR``, which ``dma_map_sgtable`` reports as ``-EIO``) because the model has no
+swiotlb bounce buffers.
 
 :class:`DirectDev` also plays CONFIG_DMA_API_DEBUG (kernel/dma/debug.c): it keeps the set of live
 mappings, so unmapping something never mapped, or with another direction, is a
@@ -49,7 +56,8 @@ from dmabuf.errors import ContractViolation, DmaBufError, IommuFault
 from dmabuf.mm.phys import MemKind, PhysMemory
 from dmabuf.mm.ranges import as_ranges
 
-__all__ = ["DirectDev", "DmaDataDirection", "DmaDev", "check_direction"]
+__all__ = ["DirectDev", "DmaDataDirection", "DmaDev", "DmaDevBusAddress", "check_direction",
+           "dma_bus_address_mask"]
 
 
 class DmaDataDirection(enum.IntEnum):
@@ -130,6 +138,49 @@ class DmaDev(Protocol):
     def unmap_ranges(self, dma: np.ndarray, direction: int) -> None: ...
 
     def translate(self, dma: np.ndarray) -> np.ndarray: ...
+
+
+@runtime_checkable
+class DmaDevBusAddress(Protocol):
+    """Optional :class:`DmaDev` extension: which DMA ranges are PCI bus addresses.
+
+    * ``bus_address_mask(dma)`` — for DMA ranges this device's ``map_ranges`` returned, a bool
+      array (one per range): True where the range is a PCI bus address of a peer BAR reached
+      through a switch (``PCI_P2PDMA_MAP_BUS_ADDR``: not an IOVA, never translated by the
+      IOMMU). Never blocks; pure with respect to the mapping.
+
+    Kernel: include/linux/scatterlist.h, sg_dma_mark_bus_address() / sg_dma_is_bus_address()
+    (what ``dma_map_sgtable()`` records per segment).
+    """
+
+    def bus_address_mask(self, dma: np.ndarray) -> np.ndarray: ...
+
+
+def dma_bus_address_mask(dev: DmaDev, dma: np.ndarray) -> np.ndarray:
+    """Per DMA range, is it a PCI bus address — asks :class:`DmaDevBusAddress` when implemented.
+
+    Args:
+        dev: the device that mapped ``dma``.
+        dma: ``RANGE_DTYPE`` ranges ``dev.map_ranges`` returned.
+    Context: never blocks.
+    Returns: a new bool array, one per range; all False for a device without the extension
+        (dma-direct without a fabric, e.g. :class:`DirectDev`: no bus addresses).
+    Raises:
+        ContractViolation("sg_dma_mark_bus_address"): the device answered with a mask of the
+            wrong shape.
+    Kernel: kernel/dma/mapping.c, dma_map_sgtable() (the bus-address marking of the
+        ``*_map_sg()`` implementations).
+    """
+    r = as_ranges(dma)
+    fn = getattr(dev, "bus_address_mask", None)
+    if not callable(fn):
+        return np.zeros(r.size, dtype=bool)
+    mask = np.asarray(fn(r), dtype=bool)
+    if mask.shape != (r.size,):
+        raise ContractViolation("sg_dma_mark_bus_address",
+                                f"{dev.name}: bus_address_mask returned shape {mask.shape} for "
+                                f"{r.size} DMA ranges")
+    return mask.copy()
 
 
 class DirectDev:

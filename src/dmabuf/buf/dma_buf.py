@@ -64,6 +64,17 @@ from dmabuf.buf.sg_table import SgTable
 from dmabuf.errors import ContractViolation, DmaBufError
 from dmabuf.machine import Machine, current_machine
 from dmabuf.mm.phys import PAGE_SHIFT
+from dmabuf.mm.vma import (
+    PROT_READ,
+    PROT_WRITE,
+    VM_MAYEXEC,
+    VM_MAYREAD,
+    VM_MAYSHARE,
+    VM_MAYWRITE,
+    VM_SHARED,
+    VM_WRITE,
+    calc_vm_prot_bits,
+)
 from dmabuf.sync.dma_resv import DmaResv, DmaResvUsage, usage_rw
 
 __all__ = [
@@ -76,6 +87,7 @@ __all__ = [
     "DmaBufRegistry",
     "ExporterModule",
     "MapResult",
+    "VmOps",
     "Vma",
     "dma_buf_attach",
     "dma_buf_attach_revocable",
@@ -387,30 +399,92 @@ class DmaBufExportInfo:
     owner: ExporterModule | None = None
 
 
+@dataclass(frozen=True)
+class VmOps:
+    """The hooks an exporter's ``mmap`` installs on a VMA — ``struct vm_operations_struct``.
+
+    Attributes:
+        close: ``vm_ops->close(vma)``, called once when the VMA is unmapped (:meth:`Vma.close`):
+            drop what the mmap took (a pin, an object reference).
+
+    Kernel: include/linux/mm.h, struct vm_operations_struct.
+    """
+
+    close: Callable[[Vma], None] | None = None
+
+
+def _mmap_vm_flags(prot: int, shared: bool) -> int:
+    """``do_mmap()``'s ``vm_flags`` for a file opened read-write."""
+    flags = calc_vm_prot_bits(prot) | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC
+    return flags | (VM_SHARED | VM_MAYSHARE) if shared else flags
+
+
 @dataclass
 class Vma:
     """A user mapping request — the slice of ``struct vm_area_struct`` dma-buf looks at.
 
+    Build one for ``mmap(prot, MAP_SHARED/MAP_PRIVATE)`` with :meth:`for_mmap`; the default
+    is a ``PROT_READ | PROT_WRITE``, ``MAP_SHARED`` mapping.
+
     Attributes:
         length: bytes mapped (``vm_end - vm_start``), a multiple of the page size.
         pgoff: offset into the file in pages (``vm_pgoff``).
-        shared: ``VM_SHARED`` (a ``MAP_SHARED`` mapping).
+        vm_flags: ``VM_*`` bits (:mod:`dmabuf.mm.vma`): ``VM_WRITE`` for a writable mapping,
+            ``VM_SHARED`` for ``MAP_SHARED``, the ``VM_MAY*`` bits as ``do_mmap`` sets them.
         file: set by :meth:`DmaBuf.mmap` to the dma-buf's file (``vma_set_file``).
         view: what the exporter's ``mmap`` maps (e.g. a writable numpy view of the bytes).
+        vm_ops: set by an exporter's ``mmap`` that must hear of the unmap (``close``).
 
     Kernel: include/linux/mm_types.h, struct vm_area_struct; vma_pages().
     """
 
     length: int
     pgoff: int = 0
-    shared: bool = True
+    vm_flags: int = _mmap_vm_flags(PROT_READ | PROT_WRITE, True)
     file: File | None = None
     view: Any = None
+    vm_ops: VmOps | None = None
+
+    @classmethod
+    def for_mmap(cls, length: int, *, pgoff: int = 0, prot: int = PROT_READ | PROT_WRITE,
+                 shared: bool = True) -> Vma:
+        """The VMA ``mmap(length, prot, MAP_SHARED or MAP_PRIVATE, pgoff)`` creates.
+
+        Args:
+            length: bytes (a multiple of the page size).
+            pgoff: file offset in pages.
+            prot: ``PROT_*`` bits (``calc_vm_prot_bits``: ``PROT_WRITE`` gives ``VM_WRITE``).
+            shared: ``MAP_SHARED`` (``VM_SHARED | VM_MAYSHARE``) rather than ``MAP_PRIVATE``.
+        Context: pure.
+        Returns: a new :class:`Vma` with no file, view or ops.
+        Kernel: mm/mmap.c, do_mmap() (calc_vm_prot_bits, calc_vm_flag_bits, VM_MAY*).
+        """
+        return cls(length, pgoff, _mmap_vm_flags(prot, shared))
+
+    @property
+    def shared(self) -> bool:
+        """``VM_SHARED``: a ``MAP_SHARED`` mapping."""
+        return bool(self.vm_flags & VM_SHARED)
+
+    @property
+    def writable(self) -> bool:
+        """``VM_WRITE``: the mapping may be written through."""
+        return bool(self.vm_flags & VM_WRITE)
 
     @property
     def pages(self) -> int:
         """``vma_pages(vma)``: the number of pages."""
         return -(-self.length >> PAGE_SHIFT) if self.length > 0 else 0
+
+    def close(self) -> None:
+        """Run ``vm_ops->close`` — ``vma_close()`` at unmap; whoever unmaps calls it once.
+
+        Context: may do what the exporter's close does (unpin, drop references).
+        Kernel: mm/internal.h, vma_close(); mm/vma.c, remove_vma().
+        """
+        ops = self.vm_ops
+        if ops is not None and ops.close is not None:
+            ops.close(self)
 
 
 # --------------------------------------------------------------------------------------------

@@ -215,6 +215,12 @@ class DmaEngine:
         One vectorised gather of the page owners (``PhysMemory.owners_of``) and one compare;
         on a mismatch ``PhysMemory.check_owned`` produces the detailed fault. Very large
         transfers (over 4 Mi pages) use ``check_owned`` directly, which walks per extent.
+
+        Measured choice: the vectorised ``check_owned`` (min/max ``reduceat`` over the owner
+        table) was not faster for the single-owner case — 16 MiB: 46 vs 56 us (1 MiB blocks),
+        123 vs 228 us (4 KiB pages); 256 MiB: 0.58 vs 0.60 ms (1 MiB blocks), 2.1 vs 5.2 ms
+        (4 KiB pages), equal when contiguous; ``bench buf_repr.dma_copy`` quick and full equal
+        or better this way — so the gather stays.
         """
         pm = self.dev.phys
         several = isinstance(owner, (tuple, list, frozenset, set))

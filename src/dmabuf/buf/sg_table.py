@@ -57,7 +57,7 @@ from typing import Any
 
 import numpy as np
 
-from dmabuf.buf.device import DmaDataDirection, DmaDev, check_direction
+from dmabuf.buf.device import DmaDataDirection, DmaDev, check_direction, dma_bus_address_mask
 from dmabuf.buf.phys_vec import PhysVec
 from dmabuf.errors import ContractViolation, DmaBufError
 from dmabuf.mm.phys import PAGE_SIZE
@@ -503,8 +503,11 @@ class SgTable:
 
         Fills ``dma_address``/``dma_length`` of the first ``nents`` entries from
         ``dev.map_ranges`` and sets ``nents``. DMA ranges longer than ``UINT_MAX`` are stored in
-        several entries. Model choice: if the device returns more ranges than ``orig_nents``
-        (the kernel's IOMMU code never does) the array grows rather than failing.
+        several entries. Entries the device reports as PCI bus addresses
+        (:func:`~dmabuf.buf.device.dma_bus_address_mask`, a P2P ``BUS_ADDR`` peer) get
+        ``SG_DMA_BUS_ADDRESS`` in ``dma_flags``, as ``sg_dma_mark_bus_address()``. Model choice:
+        if the device returns more ranges than ``orig_nents`` (the kernel's IOMMU code never
+        does) the array grows rather than failing.
 
         Args:
             dev: the device to map for.
@@ -527,7 +530,13 @@ class SgTable:
                                     f"{self._mapping[0].name}); unmap it first or use a copy per "
                                     "attachment (dup_sg_table)")
         dma = dev.map_ranges(self.cpu_ranges(), d, mmio=mmio)
-        stored = split_ranges(as_ranges(dma), UINT_MAX)
+        try:
+            r = as_ranges(dma)
+            bus = dma_bus_address_mask(dev, r)
+        except BaseException:
+            dev.unmap_ranges(dma, d)
+            raise
+        stored = split_ranges(r, UINT_MAX)
         n = int(stored.size)
         if n > self._sg.size:
             grown = np.zeros(n, dtype=SG_DTYPE)
@@ -535,8 +544,14 @@ class SgTable:
             self._sg = grown
         self._sg["dma_address"][:n] = stored["addr"]
         self._sg["dma_length"][:n] = stored["len"]
+        # one flag per stored piece (split_ranges drops empty ranges and cuts at UINT_MAX)
+        keep = r["len"] != 0
+        pieces = (r["len"][keep] + np.uint64(UINT_MAX - 1)) // np.uint64(UINT_MAX)
+        self._sg["dma_flags"][:n] = np.repeat(
+            np.where(bus[keep], SG_DMA_BUS_ADDRESS, 0).astype(np.uint32), pieces.astype(np.int64))
         self._sg["dma_address"][n:] = 0
         self._sg["dma_length"][n:] = 0
+        self._sg["dma_flags"][n:] = 0
         self.nents = n
         self._mapping = (dev, d, dma)
         return self
@@ -570,6 +585,7 @@ class SgTable:
         if not self._dma_only:
             self._sg["dma_address"] = 0
             self._sg["dma_length"] = 0
+            self._sg["dma_flags"] = 0
             self.nents = self.orig_nents
 
     def free(self) -> None:

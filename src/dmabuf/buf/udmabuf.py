@@ -64,6 +64,7 @@ from dmabuf.buf.dma_buf import (
     DmaBufExportInfo,
     DmaBufOps,
     Vma,
+    VmOps,
     dma_buf_export,
 )
 from dmabuf.buf.file import (
@@ -173,13 +174,14 @@ class MemfdFileOps(FileOperations):
     def mmap(self, file: File, vma: Vma) -> None:
         """``shmem_mmap()``: map the memfd's pages (shared pages, the write-seal rules).
 
-        A writable shared mapping (``vma.vm_write``, default True, and ``vma.shared``) of a
+        A writable shared mapping (``VM_WRITE`` and ``VM_SHARED`` in ``vma.vm_flags``) of a
         memfd sealed with ``F_SEAL_WRITE``/``F_SEAL_FUTURE_WRITE`` is ``EPERM``, and while it
         exists ``F_SEAL_WRITE`` is ``EBUSY`` (:meth:`~dmabuf.mm.memfd.MemFd.mmap`). The whole
         pages of ``[pgoff, pgoff + length)`` inside the file are allocated and **pinned** while
         mapped, and ``vma.view`` is a :class:`~dmabuf.buf.phys_vec.PhysView` over them; the
-        rest (past the last whole page of the file) has no pages in the view. ``vma.vm_close``
-        (unpin, ``munmap``) must be called once by whoever unmaps the VMA.
+        rest (past the last whole page of the file) has no pages in the view. ``vma.vm_ops``
+        gets a ``close`` (unpin, ``munmap``) that whoever unmaps the VMA runs once
+        (:meth:`Vma.close <dmabuf.buf.dma_buf.Vma.close>`).
 
         Deliberate differences (docs/model-vs-kernel.md, "uAPI parity"): pages are pinned for
         the mapping's life instead of faulted in, so ``F_SEAL_WRITE`` is ``EBUSY`` even with
@@ -188,14 +190,14 @@ class MemfdFileOps(FileOperations):
 
         Args:
             file: the memfd's file.
-            vma: the mapping (``length``, ``pgoff``, ``shared``; ``vm_write`` if set).
+            vma: the mapping (``length``, ``pgoff``, ``vm_flags``).
         Context: takes the memfd's lock; may allocate pages.
         Raises: DmaBufError(EINVAL): zero length; DmaBufError(EPERM): writable shared mapping
             of a write-sealed memfd.
         Kernel: mm/shmem.c, shmem_mmap(); mm/memfd.c, memfd_check_seals_mmap().
         """
         memfd: MemFd = file.private_data
-        writable = bool(vma.shared and getattr(vma, "vm_write", True))
+        writable = vma.shared and vma.writable
         start = vma.pgoff << PAGE_SHIFT
         mapping = memfd.mmap(start, vma.length, writable=writable)
         # memfd_pin_folios() pins whole pages inside i_size: a partial page at EOF stays out.
@@ -211,12 +213,12 @@ class MemfdFileOps(FileOperations):
         vma.view = PhysView(memfd.phys, ranges, writable=writable)
         vma.file = file
 
-        def vm_close() -> None:
+        def vm_close(_vma: Vma) -> None:
             mapping.munmap()
             if pin is not None:
                 pin.unpin()
 
-        vma.vm_close = vm_close              # type: ignore[attr-defined]
+        vma.vm_ops = VmOps(close=vm_close)
 
 
 def memfd_create(phys: PhysMemory, name: str = "", flags: int = 0, *,

@@ -8,10 +8,11 @@ attachments (map type, distance, path), streams (bytes moved and verified, CRC-3
 throughput), events, the busiest links.
 
 Options: ``--seed N`` overrides the scenario's seed; ``--json FILE`` writes the full report
-(``docs/report-schema.json``; ``-`` prints it instead of the tables); ``--plot FILE.png`` draws
-the timeline and link utilisation (needs the ``plot`` extra: matplotlib); ``--dot FILE`` writes
-the fabric with its flows as Graphviz; ``--allow-missing`` runs what can run when a driver the
-scenario names is not available (its elements are reported as missing).
+(schema ``dmabuf/data/report-schema.json``; ``-`` prints it instead of the tables);
+``--plot FILE.png`` draws the timeline and link utilisation (needs the ``plot`` extra:
+matplotlib); ``--dot FILE`` writes the fabric with its flows as Graphviz; ``--allow-missing``
+runs what can run when a driver the scenario names is not available (its elements are reported
+as missing).
 
 Exit status: 0 when every byte verified and nothing unexpected happened; 1 when a checksum
 failed or an unexpected error or DMA fault happened (the report says which); 2 for a bad

@@ -70,7 +70,7 @@ from dmabuf.dma.mapping import (
     dma_unmap_phys,
     dma_unmap_phys_ranges,
 )
-from dmabuf.dma.pci_p2pdma import pci_p2pdma_state
+from dmabuf.dma.pci_p2pdma import pci_p2pdma_bus_addr_map, pci_p2pdma_state
 from dmabuf.errors import ContractViolation, DmaBufError
 from dmabuf.mm.hmm import (
     HMM_PFN_DMA_MAPPED,
@@ -263,8 +263,8 @@ def hmm_dma_map_pfns(dev: DmaDevice, m: HmmDmaMap, idxs: Any) -> np.ndarray:
             m.pfn_list[ti[k]] |= _P2P
         elif st.map is PciP2pdmaMapType.BUS_ADDR:
             kinds[k] = 2
-            bus[k] = np.uint64(a - st.bus_offset)
-            dev.note_bus_window(st.provider or "", a, st.bus_offset)
+            bus[k] = np.uint64(pci_p2pdma_bus_addr_map(st, a))
+            dev.note_bus_window(st.provider or "", a, st.provider_bus_offset)
         else:
             raise DmaBufError(errno.EREMOTEIO, f"hmm_dma_map_pfn: {dev.name} cannot reach P2P "
                               f"page {a:#x} of {st.provider} ({st.map.name})")

@@ -564,16 +564,8 @@ class Nvme(Device):
         self._created_p2pdma = False
         self._sq_cmds: list[tuple[int, int]] = []
         self.p2pmem: P2pmemSysfs | None = None
-        # really_probe() sets dev->driver before calling probe, so the probe's dev_printk
-        # lines read "nvme <bdf>: ..." (the platform sets it only after the probe returns).
-        saved = pdev.driver
-        pdev.driver = self.driver_name
-        try:
-            self._map_cmb(cmb_bar, cmb_size, cmb_offset, cmbsz, use_cmb_sqes, nr_io_queues,
-                          io_queue_depth)
-        except BaseException:
-            pdev.driver = saved
-            raise
+        self._map_cmb(cmb_bar, cmb_size, cmb_offset, cmbsz, use_cmb_sqes, nr_io_queues,
+                      io_queue_depth)
 
     # ------------------------------------------------------------------ CMB
     def _pick_cmb_bar(self, cmb_bar: int | None) -> Bar | None:

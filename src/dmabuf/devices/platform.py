@@ -253,7 +253,11 @@ class Platform:
     def bind(self, driver_cls: type[D], ref: str | PciDev, **params: Any) -> D:
         """Bind a driver to an endpoint and probe it — ``driver_probe_device()``.
 
-        The driver's constructor is its probe: ``driver_cls(platform, pdev, **params)``.
+        The driver's constructor is its probe: ``driver_cls(platform, pdev, **params)``. As
+        ``really_probe()`` sets ``dev->driver`` before calling ``drv->probe``, ``pdev.driver``
+        is the driver's name while the probe runs (its ``dev_printk`` lines read
+        ``"<driver> <bdf>: ..."``); if the probe fails it is put back as it was (the kernel
+        clears it: the model restores what a captured topology recorded).
 
         Args:
             driver_cls: a :class:`~dmabuf.devices.base.Device` subclass.
@@ -292,16 +296,16 @@ class Platform:
                                   f"{cur.driver_name if cur else 'a probing driver'}; unbind it "
                                   "first")
             self._saved_driver[pdev.bdf] = pdev.driver   # reserve the slot during the probe
+            pdev.driver = driver_cls.driver_name         # really_probe(): dev->driver = drv
         try:
             dev = driver_cls(self, pdev, **params)
         except BaseException:
             with self._lock:
-                self._saved_driver.pop(pdev.bdf, None)
+                pdev.driver = self._saved_driver.pop(pdev.bdf, None)
             raise
         with self._lock:
             self._bound[pdev.bdf] = dev
             self._order.append(pdev.bdf)
-        pdev.driver = driver_cls.driver_name
         self.machine.trace.emit("driver_bind", device=pdev.bdf, dev_name=dev.name,
                                 driver=driver_cls.driver_name)
         return dev

@@ -27,7 +27,12 @@ Bus windows come from the fabric: exactly from ``bus_windows()`` when it impleme
 :attr:`PhysMemory.generation <dmabuf.mm.phys.PhysMemory.generation>` changes), otherwise from
 ``provider_at`` at the base of every MMIO region (re-probed on every use: such a fabric cannot say
 when a provider appears) — plus every bus address the mapping functions hand out; see
-:meth:`DmaDevice.note_bus_window`.
+:meth:`DmaDevice.note_bus_window`. Knowing a window asks the fabric nothing: the P2P decision
+(``p2p_map_type(provider, self)``) is asked only when an emitted address actually falls in a
+provider's window, so a device never fills the decision cache (or the kernel log) for providers
+it does not reach — as in the kernel, where the decision is made only by ``pci_p2pdma_state()``
+for a page being mapped. :meth:`DmaDevice.bus_address_mask` answers, for the buffer layer
+(``SG_DMA_BUS_ADDRESS``) and RDMA umems, which DMA ranges are such bus addresses.
 
 The physical list a translation produces is coalesced, then cut at region edges
 (:meth:`PhysMemory.split_at_regions <dmabuf.mm.phys.PhysMemory.split_at_regions>`): an IOMMU
@@ -56,12 +61,13 @@ from dmabuf.mm.ranges import RANGE_DTYPE, as_ranges, coalesce
 
 __all__ = ["DmaDevice"]
 
+_NO_WINDOWS = np.zeros(0, dtype=np.uint64)
+
 
 @dataclass(frozen=True)
 class _BusWindow:
     """A peer BAR on the bus: ``[bus_start, bus_start + size)``; ``phys = bus - bus_offset``
-    (``bus_offset`` with the kernel's sign). ``bus_start`` / ``size`` are read by the RDMA
-    umem code."""
+    (``bus_offset`` with the kernel's sign)."""
 
     bus_start: int
     size: int
@@ -138,7 +144,13 @@ class DmaDevice:
                       "bytes_read": 0, "bytes_written": 0}
         self._lock = threading.Lock()
         self._noted_windows: dict[tuple[int, int], _BusWindow] = {}
-        self._window_cache: tuple[tuple[int, int], list[_BusWindow]] | None = None
+        #: ((phys generation, fabric generation), windows sorted by bus_start, their starts and
+        #: ends as uint64 arrays) — valid while both generations hold.
+        self._window_cache: tuple[tuple[int, int], list[_BusWindow], np.ndarray,
+                                  np.ndarray] | None = None
+        #: provider -> "reached by bus address" (p2p_map_type is BUS_ADDR), asked lazily; reset
+        #: with the window cache.
+        self._bus_reach: dict[str, bool] = {}
         self._by_dma: dict[tuple[bytes, int], list[Any]] = {}
         if iommu is not None:
             self.attach_domain(iommu)
@@ -193,36 +205,45 @@ class DmaDevice:
     def note_bus_window(self, provider: str, paddr: int, bus_offset: int) -> None:
         """Remember the bus window of the MMIO region holding ``paddr`` (called by mappers).
 
+        The mapping functions call it for every ``BUS_ADDR`` address they hand out, so
+        :meth:`translate` decodes the bus address even on a fabric that cannot list its
+        windows (no :class:`~dmabuf.dma.fabric.P2PFabricWindows`) or for a BAR no provider
+        lookup covers.
+
         Args:
             provider: BDF of the peer owning the BAR.
             paddr: a CPU physical address in the BAR's MMIO region.
-            bus_offset: **legacy sign** ``paddr - bus_addr`` (what
-                :attr:`P2pdmaMapState.bus_offset <dmabuf.dma.pci_p2pdma.P2pdmaMapState.bus_offset>`
-                gives), i.e. the negated kernel ``bus_offset``; kept for existing callers.
+            bus_offset: the provider's ``bus_offset`` with the kernel's sign,
+                ``bus = paddr + bus_offset`` (``P2pdmaMapState.provider_bus_offset``).
 
         Context:
             Takes the device's small lock; never blocks.
 
         Raises:
             IommuFault: ``paddr`` is in no region.
+
+        Kernel: none — the switch's address decode of the peer BAR (the model learns it from
+        the mappings; see the module docstring).
         """
         region = self.phys.region_at(paddr)
-        key = (region.base, -bus_offset)
+        key = (region.base, int(bus_offset))
         if key not in self._noted_windows:
             with self._lock:
-                self._noted_windows[key] = _BusWindow(region.base - bus_offset, region.size,
-                                                      -bus_offset, provider)
+                self._noted_windows[key] = _BusWindow(region.base + int(bus_offset), region.size,
+                                                      int(bus_offset), provider)
                 self._window_cache = None
 
-    def _bus_windows(self) -> list[_BusWindow]:
-        """Peer BAR windows this device reaches by bus address (BUS_ADDR), sorted."""
+    def _windows(self) -> tuple[list[_BusWindow], np.ndarray, np.ndarray]:
+        """Every candidate peer BAR window on the bus, sorted by ``bus_start``, with their
+        starts and ends — *without* asking the fabric any P2P decision (see
+        :meth:`_reaches_by_bus`)."""
         fabric = self.fabric
         if fabric is None:
-            return []
+            return [], _NO_WINDOWS, _NO_WINDOWS
         gen = fabric_p2p_generation(fabric)
         cache = self._window_cache
         if gen is not None and cache is not None and cache[0] == (self.phys.generation, gen):
-            return cache[1]
+            return cache[1], cache[2], cache[3]
         found: dict[tuple[int, int], _BusWindow] = {}
         if gen is not None:
             for w in fabric.bus_windows():  # type: ignore[attr-defined]
@@ -247,18 +268,81 @@ class DmaDevice:
                                    for s, e in known):
                 continue
             found[key] = w
-        wins = []
-        for w in found.values():
-            try:
-                mt = fabric.p2p_map_type(w.provider, self.name)
-            except DmaBufError:
-                continue
-            if mt is PciP2pdmaMapType.BUS_ADDR:
-                wins.append(w)
-        wins.sort(key=lambda w: w.bus_start)
-        if gen is not None:
-            self._window_cache = (self.phys.generation, gen), wins
-        return wins
+        wins = sorted(found.values(), key=lambda w: w.bus_start)
+        ws = np.array([w.bus_start for w in wins], dtype=np.uint64)
+        we = np.array([w.bus_start + w.size for w in wins], dtype=np.uint64)
+        with self._lock:
+            self._bus_reach = {}
+            if gen is not None:
+                self._window_cache = (self.phys.generation, gen), wins, ws, we
+        return wins, ws, we
+
+    def _reaches_by_bus(self, w: _BusWindow) -> bool:
+        """Whether this device reaches ``w``'s provider by bus address (``BUS_ADDR``).
+
+        Asks the fabric only now — for a window an emitted address falls in — and remembers
+        the answer with the window cache (a fabric without ``p2p_generation`` is asked again
+        on every translation, as its windows are)."""
+        hit = self._bus_reach.get(w.provider)
+        if hit is not None:
+            return hit
+        fabric = self.fabric
+        assert fabric is not None
+        try:
+            ok = fabric.p2p_map_type(w.provider, self.name) is PciP2pdmaMapType.BUS_ADDR
+        except DmaBufError:
+            ok = False
+        self._bus_reach[w.provider] = ok
+        return ok
+
+    def _window_of(self, r: np.ndarray, wins: list[_BusWindow], ws: np.ndarray,
+                   we: np.ndarray) -> np.ndarray:
+        """Per range: the index of the window its first byte is in *and* whose provider this
+        device reaches by bus address, else -1."""
+        if not wins:
+            return np.full(r.size, -1, dtype=np.int64)
+        idx = np.searchsorted(ws, r["addr"], side="right").astype(np.int64) - 1
+        inside = (idx >= 0) & (r["addr"] < we[np.maximum(idx, 0)])
+        idx = np.where(inside, idx, -1)
+        if bool(inside.any()):
+            for i in np.unique(idx[inside]).tolist():
+                if not self._reaches_by_bus(wins[i]):
+                    idx[idx == i] = -1
+        return idx
+
+    def bus_address_mask(self, dma_ranges: Any) -> np.ndarray:
+        """Which DMA ranges are PCI bus addresses — the ``SG_DMA_BUS_ADDRESS`` decision.
+
+        Implements the optional :class:`dmabuf.buf.device.DmaDevBusAddress` extension of the
+        ``DmaDev`` protocol: :meth:`SgTable.map <dmabuf.buf.sg_table.SgTable.map>` marks the
+        entries it returns True for, as ``dma_map_sgtable()`` marks the ``BUS_ADDR`` segments
+        with ``sg_dma_mark_bus_address()``.
+
+        Args:
+            dma_ranges: ``RANGE_DTYPE`` DMA ranges of this device.
+
+        Context:
+            Never blocks; takes the device's small lock.
+
+        Returns:
+            A new bool array, one per range. For a list :meth:`map_ranges` returned and that
+            is still mapped, the mapping's own record (exact). Otherwise (a table built from
+            ``dma_map_resource`` / ``dma_map_phys`` results, or an unmapped list) the bus
+            decode :meth:`translate` applies: the range starts in the BAR window of a peer
+            this device reaches with ``BUS_ADDR``.
+
+        Kernel: include/linux/scatterlist.h, sg_dma_is_bus_address(); kernel/dma/direct.c and
+        drivers/iommu/dma-iommu.c, the ``PCI_P2PDMA_MAP_BUS_ADDR`` case of ``*_map_sg()``.
+        """
+        r = as_ranges(dma_ranges)
+        key = r.tobytes()
+        with self._lock:
+            for d in (0, 1, 2):
+                lst = self._by_dma.get((key, d))
+                if lst:
+                    return np.asarray(lst[-1].bus_address, dtype=bool).copy()
+        wins, ws, we = self._windows()
+        return self._window_of(r, wins, ws, we) >= 0
 
     # ------------------------------------------------------------------ translation
     def _record(self, fault: IommuFault, access: str, reason: str | None = None) -> None:
@@ -319,13 +403,10 @@ class DmaDevice:
             i = int(np.argmax(over))
             raise self._fault(int(r["addr"][i]), acc,
                               f"address beyond the device DMA mask {mask:#x}")
-        wins = self._bus_windows()
+        wins, ws, we = self._windows()
         if r.size == 1:
             return self._translate_one(r, wins, access, acc)
-        if wins:
-            cls = self._classify(r, wins, acc)
-        else:
-            cls = np.full(r.size, -1, dtype=np.int64)
+        cls = self._classify(r, wins, ws, we, acc)
         pieces: list[np.ndarray] = []
         # runs of consecutive ranges with the same class keep the byte order
         bounds = np.flatnonzero(np.diff(cls)) + 1
@@ -359,7 +440,7 @@ class DmaDevice:
         """``translate`` of a single range with plain ints (the common DMA-engine case)."""
         a, n = r.tolist()[0]
         for w in wins:
-            if w.bus_start <= a < w.bus_start + w.size:
+            if w.bus_start <= a < w.bus_start + w.size and self._reaches_by_bus(w):
                 if a + n > w.bus_start + w.size:
                     raise self._fault(a, acc, f"range runs past the end of peer BAR window of "
                                       f"{w.provider}")
@@ -379,20 +460,19 @@ class DmaDevice:
         self._check_target(phys, acc)
         return phys
 
-    def _classify(self, r: np.ndarray, wins: list[_BusWindow], access: str) -> np.ndarray:
+    def _classify(self, r: np.ndarray, wins: list[_BusWindow], ws: np.ndarray, we: np.ndarray,
+                  access: str) -> np.ndarray:
         """Window index per range (-1: not a bus address of a BUS_ADDR peer)."""
-        ws = np.array([w.bus_start for w in wins], dtype=np.uint64)
-        we = np.array([w.bus_start + w.size for w in wins], dtype=np.uint64)
-        idx = np.searchsorted(ws, r["addr"], side="right").astype(np.int64) - 1
-        safe = np.maximum(idx, 0)
-        inside = (idx >= 0) & (r["addr"] < we[safe])
-        partial = inside & (r["addr"] + r["len"] > we[safe])
-        if bool(partial.any()):
-            i = int(np.argmax(partial))
-            raise self._fault(int(r["addr"][i]), access,
-                              f"range runs past the end of peer BAR window of "
-                              f"{wins[int(safe[i])].provider}")
-        return np.where(inside, idx, -1)
+        idx = self._window_of(r, wins, ws, we)
+        inside = idx >= 0
+        if bool(inside.any()):
+            partial = inside & (r["addr"] + r["len"] > we[np.maximum(idx, 0)])
+            if bool(partial.any()):
+                i = int(np.argmax(partial))
+                raise self._fault(int(r["addr"][i]), access,
+                                  f"range runs past the end of peer BAR window of "
+                                  f"{wins[int(idx[i])].provider}")
+        return idx
 
     def _check_target(self, phys: np.ndarray, access: str) -> None:
         """Fault if a piece has no memory behind it or is an unreachable peer BAR."""

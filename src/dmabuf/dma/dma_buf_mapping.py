@@ -144,7 +144,7 @@ def dma_buf_phys_vec_to_sgt(dev: DmaDevice, provider: str | None, phys_vec: Any,
         # pci_p2pdma_bus_addr_map(): bus = paddr + bus_offset (kernel sign)
         dma["addr"] = (r["addr"].astype(np.int64) + offs).astype(np.uint64)
         dma["len"] = r["len"]
-        dev.note_bus_window(provider, int(r["addr"][0]), -int(offs[0]))   # legacy cpu - bus
+        dev.note_bus_window(provider, int(r["addr"][0]), int(offs[0]))
         dev.stats["bus_addr_maps"] += int(r.size)
         sgt = _make_table(dma, True)
         dev.dma_buf_dma[id(sgt)] = DmaBufDma(sgt, map_type, direction, size)

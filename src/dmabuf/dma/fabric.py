@@ -17,9 +17,8 @@ learns how it was built.
 **Bus offsets follow the kernel's sign**: ``bus_addr = paddr + bus_offset``
 (``struct p2pdma_provider.bus_offset`` = ``pci_bus_address() - pci_resource_start()``, used by
 ``pci_p2pdma_bus_addr_map()``). It is 0 on x86; non-zero where a host bridge translates (some
-arm64/POWER systems). Until this revision the protocol returned the negation (``cpu - bus``);
-``P2pdmaMapState.bus_offset`` and ``DmaDevice.note_bus_window()`` keep that old sign for their
-existing callers (see their docstrings).
+arm64/POWER systems). Every user in the model (``P2pdmaMapState.provider_bus_offset``,
+``DmaDevice.note_bus_window()``, ``P2PBusWindow``) uses this sign.
 
 **Optional extension** (probed with ``getattr``, never required): a fabric that also offers
 ``p2p_generation`` (an int bumped whenever the set of providers changes) and ``bus_windows()``

@@ -385,7 +385,7 @@ def dma_map_phys_ranges(dev: DmaDevice, ranges: Any, direction: DmaDataDirection
             if st.map is PciP2pdmaMapType.BUS_ADDR:
                 is_bus[k] = True
                 dma[k] = pci_p2pdma_bus_addr_map(st, a)
-                dev.note_bus_window(st.provider or "", a, st.bus_offset)   # legacy sign
+                dev.note_bus_window(st.provider or "", a, st.provider_bus_offset)
             elif st.map in (PciP2pdmaMapType.THRU_HOST_BRIDGE, PciP2pdmaMapType.NONE):
                 is_mmio[k] = True
             else:

@@ -43,16 +43,6 @@ class P2pdmaMapState:
     provider: str | None = None
     provider_bus_offset: int = 0
 
-    @property
-    def bus_offset(self) -> int:
-        """Legacy: ``paddr - bus_addr`` (the *negated* kernel ``bus_offset``).
-
-        Kept with the sign it always had for existing callers (``bus = paddr - bus_offset``,
-        and :meth:`~dmabuf.dma.device.DmaDevice.note_bus_window`); new code uses
-        :func:`pci_p2pdma_bus_addr_map` or :attr:`provider_bus_offset`.
-        """
-        return -self.provider_bus_offset
-
 
 _NONE = P2pdmaMapState(PciP2pdmaMapType.NONE)
 

@@ -20,7 +20,12 @@ real pages in :class:`~dmabuf.mm.phys.PhysMemory` RAM:
   against a seal fail with ``EPERM`` as ``shmem_file_write_iter`` / ``shmem_setattr`` do;
 * pins (:meth:`MemFd.pin_pages`) hold pages alive across truncation and the memfd's release: a
   truncated or released page that is still pinned is freed only when its last pin goes (the
-  folio refcount), so udmabuf's pages outlive the memfd exactly as in the kernel.
+  folio refcount), so udmabuf's pages outlive the memfd exactly as in the kernel;
+* the page cache is open to the mm layer's fault path: :meth:`MemFd.filemap_lookup`
+  (``filemap_get_entry``) and :meth:`MemFd.filemap_get` (``shmem_get_folio``, allocating
+  holes); a mapping's :attr:`MemFdMapping.on_truncate` hook is run when truncation drops pages,
+  after they left the page cache and before they are freed (``unmap_mapping_range`` in
+  ``truncate_pagecache``), so page tables never point at a freed page.
 
 The file-descriptor side (``memfd_create`` returning an fd, ``fcntl`` on the fd) lives in
 :mod:`dmabuf.buf.udmabuf`, since files are a layer-3 concept.
@@ -41,6 +46,7 @@ from __future__ import annotations
 
 import errno
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -154,6 +160,11 @@ class MemFdMapping:
         self.length = length
         self.writable = writable
         self.closed = False
+        #: Set by whoever maps the window into page tables (the mm layer's VMAs): called with
+        #: the first file page index dropped when truncation (or release) removes pages, before
+        #: they are freed — ``unmap_mapping_range()``. Runs without the memfd's lock held; it
+        #: may block (MMU notifiers).
+        self.on_truncate: Callable[[int], None] | None = None
 
     def _check(self, off: int, n: int) -> None:
         if self.closed:
@@ -346,6 +357,7 @@ class MemFd:
             raise DmaBufError(errno.EINVAL, f"ftruncate({length}): length must be in "
                               f"0..{MAX_LFS_FILESIZE}")
         to_free: np.ndarray | None = None
+        hooks: list[Callable[[int], None]] = []
         with self._lock:
             if length > self._size and self._seals & F_SEAL_GROW:
                 raise DmaBufError(errno.EPERM, "ftruncate: the memfd is sealed against growing "
@@ -356,12 +368,15 @@ class MemFd:
             npages = -(-length // PAGE_SIZE)
             if npages < self._pages.size:
                 to_free = self._drop_pages_locked(npages)
+                hooks = self._truncate_hooks_locked()
             elif npages > self._pages.size:
                 self._pages = np.concatenate((self._pages,
                                               np.zeros(npages - self._pages.size, np.int64)))
                 self._pins = np.concatenate((self._pins,
                                              np.zeros(npages - self._pins.size, np.int32)))
             self._size = length
+        for hook in hooks:                  # truncate_pagecache(): unmap_mapping_range()
+            hook(npages)
         if to_free is not None and to_free.size:
             self.phys.free(_page_ranges(to_free))
         # Zero the tail of the new last page (truncate_inode_pages_range zeroes partial pages).
@@ -369,6 +384,9 @@ class MemFd:
             a = int(self._pages[length // PAGE_SIZE])
             if a:
                 self.phys.view(a + length % PAGE_SIZE, PAGE_SIZE - length % PAGE_SIZE)[:] = 0
+
+    def _truncate_hooks_locked(self) -> list[Callable[[int], None]]:
+        return [m.on_truncate for m in self._maps if m.on_truncate is not None]
 
     def _drop_pages_locked(self, keep: int) -> np.ndarray:
         """Remove page indices >= keep; return the unpinned pages to free (pinned ones orphan)."""
@@ -384,9 +402,54 @@ class MemFd:
 
     # ------------------------------------------------------------------ page cache
 
+    def filemap_lookup(self, index: Any) -> np.ndarray:
+        """Page-cache page of each file page index, allocating nothing — ``filemap_get_entry()``.
+
+        Args:
+            index: file page indices (an int array; any order, repeats allowed).
+        Context: takes the memfd's lock briefly; never blocks otherwise.
+        Returns: a new ``uint64`` array of physical page addresses, 0 for a hole or an index at
+            or beyond EOF (or negative).
+        Kernel: mm/filemap.c, filemap_get_entry().
+        """
+        idx = np.asarray(index, dtype=np.int64).reshape(-1)
+        out = np.zeros(idx.size, dtype=np.uint64)
+        with self._lock:
+            ok = (idx >= 0) & (idx < self._pages.size)
+            out[ok] = self._pages[idx[ok]].astype(np.uint64)
+        return out
+
+    def filemap_get(self, index: Any) -> np.ndarray:
+        """Page-cache page of each index, allocating (zeroed) holes — ``shmem_get_folio()``.
+
+        What a fault on a mapping of the memfd does (``shmem_fault`` with ``SGP_CACHE``).
+
+        Args:
+            index: file page indices.
+        Context: takes the memfd's lock; may allocate pages.
+        Returns: a new ``uint64`` array of physical page addresses; 0 for an index at or beyond
+            EOF (the caller's ``SIGBUS``) or negative — such indices allocate nothing.
+        Raises: DmaBufError(ENOMEM): RAM exhausted.
+        Kernel: mm/shmem.c, shmem_get_folio() / shmem_fault() (beyond i_size: VM_FAULT_SIGBUS).
+        """
+        idx = np.asarray(index, dtype=np.int64).reshape(-1)
+        out = np.zeros(idx.size, dtype=np.uint64)
+        if idx.size == 0:
+            return out
+        with self._lock:
+            ok = (idx >= 0) & (idx < self._pages.size)
+            if bool(ok.any()):
+                good = idx[ok]
+                self._fill_holes_locked(np.unique(good[self._pages[good] == 0]))
+                out[ok] = self._pages[good].astype(np.uint64)
+        return out
+
     def _populate_locked(self, first: int, last: int) -> None:
         """Allocate (zeroed) every hole among page indices ``[first, last)``."""
-        holes = np.flatnonzero(self._pages[first:last] == 0) + first
+        self._fill_holes_locked(np.flatnonzero(self._pages[first:last] == 0) + first)
+
+    def _fill_holes_locked(self, holes: np.ndarray) -> None:
+        """Allocate (zeroed) pages for the hole indices ``holes`` (sorted, unique)."""
         if holes.size == 0:
             return
         ext = self.phys.alloc(self.region, int(holes.size) << PAGE_SHIFT, self.owner, zero=True)
@@ -570,7 +633,10 @@ class MemFd:
                 return
             self.released = True
             free = self._drop_pages_locked(0)
+            hooks = self._truncate_hooks_locked()
             self._size = 0
+        for hook in hooks:
+            hook(0)
         if free.size:
             self.phys.free(_page_ranges(free))
 

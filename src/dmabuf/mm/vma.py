@@ -140,6 +140,7 @@ __all__ = [
     "VmFault",
     "VmOperations",
     "Vma",
+    "calc_vm_prot_bits",
     "handle_mm_fault",
     "remap_pfn_range",
     "vm_insert_page",
@@ -311,12 +312,32 @@ class _RwSem:
 
 
 class _FileRef:
-    """A memfd mapping shared by the VMAs split from one mmap (closed with the last)."""
+    """A memfd mapping shared by the VMAs split from one mmap (closed with the last).
+
+    It is the model's ``i_mmap`` entry: the memfd runs :meth:`truncate` (through
+    ``MemFdMapping.on_truncate``) when truncation drops pages, and every VMA of the mapping
+    has its PTEs from that file page on zapped, with an ``MMU_NOTIFY_CLEAR`` invalidation,
+    before the pages are freed (``unmap_mapping_range()`` with ``even_cows``).
+    """
 
     def __init__(self, mapping: MemFdMapping | None, owned: MemFd | None = None) -> None:
         self.mapping = mapping
         self.owned = owned      # the internal shmem object of MAP_SHARED|MAP_ANONYMOUS
-        self.refs = 1
+        #: The VMAs sharing the mapping (split pieces of one mmap); closed with the last.
+        self.vmas: list[Vma] = []
+        if mapping is not None:
+            mapping.on_truncate = self.truncate
+
+    def truncate(self, first: int) -> None:
+        """Zap every PTE mapping file page ``first`` or later — ``unmap_mapping_range()``."""
+        for vma in list(self.vmas):
+            mm = vma.mm
+            with mm.read_locked():          # no split/unmap meanwhile (the i_mmap lock's role)
+                if vma._fileref is not self:
+                    continue
+                i0 = max(first - vma.pgoff, 0)
+                if i0 < vma.npages:
+                    mm._zap(vma, i0, vma.npages, MmuNotifyEvent.MMU_NOTIFY_CLEAR)
 
 
 class Vma:
@@ -671,6 +692,8 @@ class MmStruct:
             vma = Vma(self, start, start + length, vm_flags, pgoff=offset >> PAGE_SHIFT,
                       file=file, name=name or ("anon" if anon and kind == MAP_PRIVATE else ""))
             vma._fileref = fileref
+            if fileref is not None:
+                fileref.vmas.append(vma)
             if file is not None and not isinstance(file, MemFd):
                 mmap_fn = getattr(file, "mmap", None)
                 if not callable(mmap_fn):
@@ -738,7 +761,7 @@ class MmStruct:
         hi.pte = vma.pte[k:].copy()
         hi.private = vma.private
         if vma._fileref is not None:
-            vma._fileref.refs += 1
+            vma._fileref.vmas.append(hi)
             hi._fileref = vma._fileref
         vma.pfn = vma.pfn[:k].copy()
         vma.pte = vma.pte[:k].copy()
@@ -803,8 +826,9 @@ class MmStruct:
         fr = v._fileref
         v._fileref = None
         if fr is not None:
-            fr.refs -= 1
-            if fr.refs == 0:
+            if v in fr.vmas:
+                fr.vmas.remove(v)
+            if not fr.vmas:
                 if fr.mapping is not None:
                     fr.mapping.munmap()
                 if fr.owned is not None:
@@ -1105,7 +1129,9 @@ class MmStruct:
         # file
         f = vma.file
         assert isinstance(f, MemFd)
-        cache = _filemap_pages(f, idx.astype(np.int64) + vma.pgoff)
+        cache = f.filemap_get(idx.astype(np.int64) + vma.pgoff)
+        if not bool(cache.all()):
+            return VM_FAULT_SIGBUS            # truncated since _file_check: beyond EOF now
         if private and write:
             new = self._alloc_anon(int(idx.size))
             self.phys.copy(page_ranges(new), page_ranges(cache))
@@ -1218,7 +1244,7 @@ class MmStruct:
             if not bool(isf.any()):
                 return
             idx = np.flatnonzero(isf) + i0
-            cur = _filemap_lookup(f, idx.astype(np.int64) + vma.pgoff)
+            cur = f.filemap_lookup(idx.astype(np.int64) + vma.pgoff)
             stale = cur != (vma.pfn[idx] << _U_SHIFT)
             if bool(stale.any()):
                 vma.pte[idx[stale]] = 0
@@ -1326,31 +1352,6 @@ def _fault_text(ret: int) -> str:
     names = [n for b, n in ((VM_FAULT_SIGSEGV, "SIGSEGV"), (VM_FAULT_SIGBUS, "SIGBUS"),
                             (VM_FAULT_OOM, "OOM"), (VM_FAULT_HWPOISON, "HWPOISON")) if ret & b]
     return "|".join(names) or f"{ret:#x}"
-
-
-def _filemap_lookup(f: MemFd, fidx: np.ndarray) -> np.ndarray:
-    """Page-cache address of each file page index (0 = hole / beyond EOF), no allocation.
-
-    Reads the memfd's page array (``filemap_get_entry``); see the report for the public
-    accessor this would use.
-    """
-    pages: np.ndarray = f._pages
-    out = np.zeros(fidx.size, dtype=np.uint64)
-    ok = fidx < pages.size
-    out[ok] = pages[fidx[ok]].astype(np.uint64)
-    return out
-
-
-def _filemap_pages(f: MemFd, fidx: np.ndarray) -> np.ndarray:
-    """Page-cache page of each index, allocating holes (``filemap_fault`` / ``shmem_fault``)."""
-    out = np.zeros(fidx.size, dtype=np.uint64)
-    if fidx.size == 0:
-        return out
-    lo, hi = int(fidx.min()), int(fidx.max()) + 1
-    with f._lock:
-        f._populate_locked(lo, hi)
-        out[:] = f._pages[fidx].astype(np.uint64)
-    return out
 
 
 def handle_mm_fault(vma: Vma, address: int, flags: int) -> int:

@@ -288,10 +288,11 @@ def _bus_flags(dev: DmaDevice, full: np.ndarray, flags: np.ndarray, start: int, 
                n: int) -> np.ndarray:
     """Per window range: is it a PCI bus address (routed by a switch, not the IOMMU)?
 
-    ``SG_DMA_BUS_ADDRESS`` when the exporter set it (``dma_buf_phys_vec_to_sgt``); otherwise
-    (a table mapped with ``dma_map_sgtable``, which keeps no per-entry flag in the model) the
-    address is compared with the peer BAR windows the device reaches with ``BUS_ADDR`` — the
-    decode its own ``translate`` applies.
+    ``SG_DMA_BUS_ADDRESS`` when the exporter's mapping set it (``dma_buf_phys_vec_to_sgt``,
+    ``dma_map_sgtable``); otherwise — a table built from per-block ``dma_map_resource`` /
+    ``dma_map_phys`` results (habanalabs), which the kernel never marks — the device's
+    :meth:`~dmabuf.dma.device.DmaDevice.bus_address_mask`, the decode its own ``translate``
+    applies.
     """
     lens = full["len"]
     starts = np.concatenate(([0], np.cumsum(lens, dtype=np.uint64)[:-1])) if full.size else \
@@ -301,16 +302,7 @@ def _bus_flags(dev: DmaDevice, full: np.ndarray, flags: np.ndarray, start: int, 
     bus = (flags[idx] & SG_DMA_BUS_ADDRESS) != 0
     if bool(bus.all()):
         return bus
-    windows = getattr(dev, "_bus_windows", None)
-    wins = windows() if callable(windows) else []
-    if not wins:
-        return bus
-    ws = np.array([w.bus_start for w in wins], dtype=np.uint64)
-    we = np.array([w.bus_start + w.size for w in wins], dtype=np.uint64)
-    addr = full["addr"][idx]
-    j = np.searchsorted(ws, addr, side="right").astype(np.int64) - 1
-    inside = (j >= 0) & (addr < we[np.maximum(j, 0)])
-    return bus | inside
+    return bus | dev.bus_address_mask(full[idx])
 
 
 def _owners(dev: DmaDevice, dma: np.ndarray) -> frozenset[int] | None:
@@ -437,17 +429,9 @@ def ib_umem_dmabuf_get_pinned(ibdev: RdmaNic, offset: int, size: int, fd: int | 
     Kernel: drivers/infiniband/core/umem_dmabuf.c, ib_umem_dmabuf_get_pinned_with_dma_device(),
         ib_umem_dmabuf_get_pinned_and_lock().
     """
-    umem = _get(ibdev, dma_device or ibdev.dma, offset, size, fd, access, _PinnedOps(),
-                require_invalidate=False)
-    resv = umem.resv
-    resv.lock(None)
-    try:
-        _pin_and_map(umem)
-    except BaseException:
-        resv.unlock()
-        ib_umem_dmabuf_release(umem)
-        raise
-    resv.unlock()
+    umem = _get_pinned_and_lock(ibdev, dma_device, offset, size, fd, access, _PinnedOps(),
+                                require_invalidate=False)
+    umem.resv.unlock()
     return umem
 
 
@@ -467,8 +451,19 @@ def ib_umem_dmabuf_get_pinned_revocable_and_lock(
     Kernel: drivers/infiniband/core/umem_dmabuf.c,
         ib_umem_dmabuf_get_pinned_revocable_and_lock().
     """
-    umem = _get(ibdev, dma_device or ibdev.dma, offset, size, fd, access, _PinnedRevocableOps(),
-                require_invalidate=True)
+    return _get_pinned_and_lock(ibdev, dma_device, offset, size, fd, access,
+                                _PinnedRevocableOps(), require_invalidate=True)
+
+
+def _get_pinned_and_lock(ibdev: RdmaNic, dma_device: DmaDevice | None, offset: int, size: int,
+                         fd: int | DmaBuf, access: int, ops: DmaBufAttachOps, *,
+                         require_invalidate: bool) -> IbUmemDmabuf:
+    """Attach, lock, pin and map; return locked — ``ib_umem_dmabuf_get_pinned_and_lock()``.
+
+    Any failure undoes everything (unlock, release: detach + put) and is re-raised.
+    """
+    umem = _get(ibdev, dma_device or ibdev.dma, offset, size, fd, access, ops,
+                require_invalidate=require_invalidate)
     resv = umem.resv
     resv.lock(None)
     try:
