@@ -8,7 +8,7 @@ smallest possible drivers/block/virtio_blk.c (a queue without P2P support).
 **The provider.** At probe, :class:`Nvme` does what ``nvme_map_cmb()`` does with the CMB it is
 configured with (``cmb_bar`` / ``cmb_size`` / ``cmb_offset``, standing for CMBLOC/CMBSZ): the size
 is clipped to the BAR, ``pci_p2pdma_add_resource(pdev, bar, size, offset)`` gives the range
-ZONE_DEVICE pages (the model registers a ``MEMORY_DEVICE_PCI_P2PDMA``
+ZONE_DEVICE pages (the pci layer registers a ``MEMORY_DEVICE_PCI_P2PDMA``
 :class:`~dmabuf.mm.memremap.DevPagemap` for it, whose ``folio_free`` returns pages to the
 genpool — ``p2pdma_folio_free``), the I/O submission queues are placed in the CMB when the CMB
 supports SQs (``use_cmb_sqes``: ``pci_alloc_p2pmem`` of ``SQ_SIZE`` = depth × 64 bytes per I/O
@@ -66,16 +66,7 @@ from dmabuf.dma.defs import DmaDataDirection
 from dmabuf.dma.mapping import DmaMapping, dma_map_phys_ranges, dma_unmap_phys_ranges
 from dmabuf.errors import ContractViolation, DmaBufError
 from dmabuf.mm.gup import FOLL_PCI_P2PDMA, FOLL_WRITE, pin_user_pages_fast, unpin_user_pages
-from dmabuf.mm.memremap import (
-    DevPagemap,
-    DevPagemapOps,
-    MemoryType,
-    memremap_pages,
-    memremap_registry,
-    memunmap_pages,
-    page_ranges,
-    pages_of_ranges,
-)
+from dmabuf.mm.memremap import pages_of_ranges
 from dmabuf.mm.phys import PAGE_SHIFT, PAGE_SIZE
 from dmabuf.mm.ranges import as_ranges, slice_ranges, total_len
 from dmabuf.mm.vma import VM_MAYSHARE, MmStruct, Vma, vm_insert_pages, zap_vma_ptes
@@ -84,6 +75,8 @@ from dmabuf.pci.p2pdma import (
     pci_alloc_p2pmem,
     pci_free_p2pmem,
     pci_p2pdma_add_resource,
+    pci_p2pdma_memunmap_pages,
+    pci_p2pdma_pgmaps,
     pci_p2pdma_release,
     pci_p2pmem_publish,
 )
@@ -103,7 +96,6 @@ __all__ = [
     "P2pmemAllocateFile",
     "P2pmemSysfs",
     "VirtioBlk",
-    "p2pdma_pgmaps",
 ]
 
 _MIB = 1 << 20
@@ -130,50 +122,6 @@ class BlkFeat(enum.Flag):
 # ------------------------------------------------------------------------------------------------
 # P2PDMA pages of a provider (ZONE_DEVICE) and its sysfs files
 # ------------------------------------------------------------------------------------------------
-
-
-class _P2pdmaPagemapOps(DevPagemapOps):
-    """``p2pdma_pgmap_ops``: freed pages go back to the provider's genpool."""
-
-    has_migrate_to_ram = False
-
-    def __init__(self, pdev: PciDev) -> None:
-        self.pdev = pdev
-
-    def folio_free(self, pgmap: DevPagemap, paddrs: np.ndarray) -> None:
-        """``p2pdma_folio_free()``: ``gen_pool_free_owner`` of each freed page run."""
-        p2p = self.pdev.p2pdma
-        if p2p is None or p2p.pool is None:
-            return          # the provider went away first (devm teardown): nothing to return
-        for a, n in page_ranges(np.sort(paddrs)).tolist():
-            pci_free_p2pmem(self.pdev, int(a), int(n))
-
-
-def p2pdma_pgmaps(platform: Platform, pdev: PciDev) -> list[DevPagemap]:
-    """The ``MEMORY_DEVICE_PCI_P2PDMA`` page maps of ``pdev``'s p2pmem (registered on demand).
-
-    ``pci_p2pdma_add_resource()`` creates the pages in the kernel (``devm_memremap_pages``); the
-    model's pci layer keeps only the genpool, so the first user of the pages (this driver, the
-    sysfs ``allocate`` file) registers them with the mm layer.
-
-    Raises: DmaBufError(ENODEV): the device has no p2pmem.
-    Kernel: drivers/pci/p2pdma.c, pci_p2pdma_add_resource() → devm_memremap_pages().
-    """
-    p2p = pdev.p2pdma
-    if p2p is None or p2p.pool is None or not p2p.pagemaps:
-        raise DmaBufError(errno.ENODEV, f"{pdev.label} has no p2pmem (pci_p2pdma_add_resource "
-                          "was not called)")
-    reg = memremap_registry(platform.phys)
-    out = []
-    for pm in p2p.pagemaps:
-        cur = reg.pgmap_of(pm.start)
-        if cur is None:
-            cur = DevPagemap(MemoryType.MEMORY_DEVICE_PCI_P2PDMA, pm.start, pm.size,
-                             owner=pdev, ops=_P2pdmaPagemapOps(pdev), provider=pdev.bdf,
-                             name=f"{pdev.bdf} p2pmem")
-            memremap_pages(platform.phys, cur)
-        out.append(cur)
-    return out
 
 
 class P2pmemAllocateFile:
@@ -214,7 +162,7 @@ class P2pmemAllocateFile:
                                    pgoff=vma.pgoff)
         pages = pages_of_ranges(ranges)
         try:
-            pgmaps = p2pdma_pgmaps(self.platform, pdev)
+            pgmaps = pci_p2pdma_pgmaps(pdev)
             pm = next(p for p in pgmaps if p.contains(int(pages[0])))
         except BaseException:
             pci_free_p2pmem(pdev, int(ranges["addr"][0]), length)
@@ -624,7 +572,6 @@ class Nvme(Device):
                     if a is None:       # the kernel falls back to host memory for that SQ
                         break
                     self._sq_cmds.append((a, sq))
-        p2pdma_pgmaps(self.platform, pdev)
         self.p2pmem = P2pmemSysfs(self.platform, pdev)
 
     # ------------------------------------------------------------------ teardown
@@ -650,13 +597,11 @@ class Nvme(Device):
                     pci_free_p2pmem(self.pdev, a, n)
                 self._sq_cmds.clear()
                 busy = False
-                for pm in list(memremap_registry(self.phys).pgmaps):
-                    if pm.provider == self.bdf:
-                        try:
-                            memunmap_pages(pm)
-                        except ContractViolation as e:
-                            busy = True
-                            self.machine.warn("nvme_remove", str(e))
+                try:
+                    pci_p2pdma_memunmap_pages(self.pdev)
+                except ContractViolation as e:
+                    busy = True
+                    self.machine.warn("nvme_remove", str(e))
                 if self._created_p2pdma and not busy:
                     pci_p2pdma_release(self.pdev)
 

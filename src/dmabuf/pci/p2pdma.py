@@ -28,7 +28,14 @@ as the kernel does.
 **Providing memory.** :func:`pcim_p2pdma_init` creates the per-device state (one
 ``p2pdma_provider`` per MEM BAR, with ``bus_offset``); :func:`pci_p2pdma_add_resource` validates a
 BAR range (``-EINVAL`` rules of the kernel, plus the sub-section (2 MiB) alignment that
-``memremap_pages()`` demands on x86-64) and adds it to a page-granular :class:`GenPool`;
+``memremap_pages()`` demands on x86-64), gives it ``MEMORY_DEVICE_PCI_P2PDMA`` ZONE_DEVICE pages
+(a :class:`~dmabuf.mm.memremap.DevPagemap` whose ``folio_free`` returns pages to the pool —
+``devm_memremap_pages()`` with ``p2pdma_pgmap_ops``) and adds it to a page-granular
+:class:`GenPool`. The pages need the machine's memory: a topology gets it from
+:meth:`Topology.attach_memory <dmabuf.pci.topology.Topology.attach_memory>`, which also gives
+pages to the ranges added before (a topology file or a captured system loaded first);
+:func:`pci_p2pdma_memunmap_pages` is the matching devm teardown, run by
+:func:`pci_p2pdma_release` first;
 :func:`pci_alloc_p2pmem` / :func:`pci_free_p2pmem` hand out pages (CPU physical addresses in the
 model — there are no kernel virtual addresses), :func:`pci_p2pmem_virt_to_bus` gives their bus
 address, :func:`pci_p2pmem_publish` makes the memory visible to :func:`pci_p2pmem_find_many`,
@@ -62,7 +69,15 @@ import numpy as np
 
 from dmabuf.dma.fabric import PciP2pdmaMapType
 from dmabuf.errors import ContractViolation, DmaBufError
-from dmabuf.mm.phys import PAGE_SHIFT, PAGE_SIZE
+from dmabuf.mm.memremap import (
+    DevPagemap,
+    DevPagemapOps,
+    MemoryType,
+    memremap_pages,
+    memunmap_pages,
+    page_ranges,
+)
+from dmabuf.mm.phys import PAGE_SHIFT, PAGE_SIZE, PhysMemory
 from dmabuf.mm.ranges import make_ranges
 from dmabuf.pci.genalloc import GenPool
 from dmabuf.pci.pci_regs import PCI_STD_NUM_BARS, acs_names
@@ -99,6 +114,8 @@ __all__ = [
     "pci_p2pdma_enable_store",
     "pci_p2pdma_map_type",
     "pci_p2pdma_map_type_dev",
+    "pci_p2pdma_memunmap_pages",
+    "pci_p2pdma_pgmaps",
     "pci_p2pdma_release",
     "pci_p2pdma_state",
     "pci_p2pmem_alloc_sgl",
@@ -199,16 +216,109 @@ class P2pdmaPagemap:
     Attributes:
         start / end: CPU physical range ``[start, end]`` (inclusive end, as ``struct range``).
         mem: the BAR's provider.
+        pgmap: the mm layer's ``MEMORY_DEVICE_PCI_P2PDMA`` page map of the range (``pgmap``
+            embedded in the kernel's struct); ``None`` while the topology has no memory
+            attached.
     """
 
     start: int
     end: int
     mem: P2pdmaProvider
+    pgmap: DevPagemap | None = None
 
     @property
     def size(self) -> int:
         """Bytes covered."""
         return self.end - self.start + 1
+
+
+class _P2pdmaPgmapOps(DevPagemapOps):
+    """``p2pdma_pgmap_ops``: a freed page goes back to the provider's genpool."""
+
+    has_migrate_to_ram = False
+
+    def __init__(self, pdev: PciDev) -> None:
+        self.pdev = pdev
+
+    def folio_free(self, pgmap: DevPagemap, paddrs: np.ndarray) -> None:
+        """``p2pdma_folio_free()``: ``gen_pool_free_owner`` of each freed page run."""
+        p2p = self.pdev.p2pdma
+        if p2p is None or p2p.pool is None:
+            return          # the provider went away first (devm teardown): nothing to return
+        for a, n in page_ranges(np.sort(paddrs)).tolist():
+            pci_free_p2pmem(self.pdev, int(a), int(n))
+
+
+def _memremap(pdev: PciDev, pm: P2pdmaPagemap, phys: PhysMemory) -> None:
+    """``devm_memremap_pages()`` of one added range (the model's ZONE_DEVICE pages)."""
+    dp = DevPagemap(MemoryType.MEMORY_DEVICE_PCI_P2PDMA, pm.start, pm.size, owner=pdev,
+                    ops=_P2pdmaPgmapOps(pdev), provider=pdev.bdf, name=f"{pdev.bdf} p2pmem")
+    memremap_pages(phys, dp)
+    pm.pgmap = dp
+
+
+def p2pdma_attach_memory(topo: Topology, phys: PhysMemory) -> None:
+    """Give pages to every range added before ``topo`` had memory (attach_memory's second half).
+
+    Raises: DmaBufError(EINVAL / ENOMEM): from ``memremap_pages`` (a range not inside one MMIO
+        region of ``phys``, an overlap).
+    """
+    with topo.lock:
+        for dev in topo.devices:
+            if dev.p2pdma is None:
+                continue
+            for pm in dev.p2pdma.pagemaps:
+                if pm.pgmap is None or not pm.pgmap.live:
+                    _memremap(dev, pm, phys)
+
+
+def pci_p2pdma_pgmaps(pdev: PciDev) -> list[DevPagemap]:
+    """The ``MEMORY_DEVICE_PCI_P2PDMA`` page maps of ``pdev``'s p2pmem, in add order.
+
+    What ``page_pgmap(page)`` reaches for a page of the device's p2pmem (``to_p2p_pgmap``).
+
+    Context: never blocks.
+    Raises: DmaBufError(ENODEV): the device has no p2pmem (``pci_p2pdma_add_resource`` was not
+        called), or its ranges have no pages because the topology has no memory attached
+        (``Topology.attach_memory``).
+    Kernel: drivers/pci/p2pdma.c, struct pci_p2pdma_pagemap (its ``pgmap``).
+    """
+    p2p = pdev.p2pdma
+    if p2p is None or p2p.pool is None or not p2p.pagemaps:
+        raise DmaBufError(errno.ENODEV, f"{pdev.label} has no p2pmem (pci_p2pdma_add_resource "
+                          "was not called)")
+    out = [pm.pgmap for pm in p2p.pagemaps if pm.pgmap is not None and pm.pgmap.live]
+    if len(out) != len(p2p.pagemaps):
+        raise DmaBufError(errno.ENODEV, f"{pdev.label}: its p2pmem has no pages: the topology "
+                          "has no memory attached (Topology.attach_memory)")
+    return out
+
+
+def pci_p2pdma_memunmap_pages(pdev: PciDev) -> None:
+    """Remove the page maps of ``pdev``'s p2pmem — the devm teardown of ``devm_memremap_pages``.
+
+    Every range whose pages are no longer referenced is unmapped; the free pages stay in the
+    pool (a later :func:`pci_p2pdma_release` drops it). Idempotent.
+
+    Context: process context; takes ``Topology.lock``.
+    Raises:
+        ContractViolation("memunmap_pages"): pages of some range are still referenced (mapped
+            or pinned) — the kernel would wait for them forever; those ranges keep their pages,
+            the others are unmapped.
+    Kernel: mm/memremap.c, devm_memremap_pages_release() → memunmap_pages().
+    """
+    busy: list[str] = []
+    with pdev.topology.lock:
+        p2p = pdev.p2pdma
+        for pm in p2p.pagemaps if p2p is not None else []:
+            if pm.pgmap is None:
+                continue
+            try:
+                memunmap_pages(pm.pgmap)
+            except ContractViolation as e:
+                busy.append(str(e))
+    if busy:
+        raise ContractViolation("memunmap_pages", "; ".join(busy))
 
 
 class PciP2pdma:
@@ -352,7 +462,9 @@ def pci_p2pdma_add_resource(pdev: PciDev, bar: int, size: int = 0, offset: int =
 
     Context:
         Process context; takes ``Topology.lock``. Logs ``added peer-to-peer DMA memory
-        <start>-<end>`` with ``pci_info``.
+        <start>-<end>`` with ``pci_info``. With memory attached to the topology the range gets
+        its ``MEMORY_DEVICE_PCI_P2PDMA`` page map here (``devm_memremap_pages``, before the
+        pool: a failure leaves the pool unchanged); otherwise at ``attach_memory``.
 
     Raises:
         DmaBufError(EINVAL): not a MEM BAR; ``offset >= bar_len``; ``size + offset > bar_len``;
@@ -362,6 +474,7 @@ def pci_p2pdma_add_resource(pdev: PciDev, bar: int, size: int = 0, offset: int =
         DmaBufError(EOPNOTSUPP): non-mappable BARs (from pcim_p2pdma_init).
         DmaBufError(ENOMEM): the range overlaps a range already registered ("Conflicting mapping
             in same section").
+        DmaBufError(EINVAL): (memory attached) the range is not inside one MMIO region of it.
 
     Kernel: drivers/pci/p2pdma.c, pci_p2pdma_add_resource(); mm/memremap.c, pagemap_range().
     """
@@ -412,6 +525,8 @@ def pci_p2pdma_add_resource(pdev: PciDev, bar: int, size: int = 0, offset: int =
                                       f"overlaps P2P memory already registered by "
                                       f"{dev.label}: conflicting mapping in same section")
         pgmap = P2pdmaPagemap(start, end, mem)
+        if topo.phys is not None:
+            _memremap(pdev, pgmap, topo.phys)
         p2p.pool.add_owner(start, b.bus_start + offset, size, owner=pgmap)
         p2p.pagemaps.append(pgmap)
         _warn(pdev, f"added peer-to-peer DMA memory {start:#x}-{end:#x}")
@@ -420,16 +535,21 @@ def pci_p2pdma_add_resource(pdev: PciDev, bar: int, size: int = 0, offset: int =
 def pci_p2pdma_release(pdev: PciDev) -> None:
     """Tear down the device's p2pdma state (driver unbind) — ``pci_p2pdma_release()``.
 
-    Drops the pool, the pagemaps and the decision cache (``xa_destroy``). Memory still allocated
-    is simply gone with it, as after the kernel's devm teardown (the percpu ref waits for users
-    in the kernel; the model does not track page users).
+    Runs the page-map teardown first (:func:`pci_p2pdma_memunmap_pages`, the devm action
+    registered after this one), then drops the pool, the pagemaps and the decision cache
+    (``xa_destroy``). Memory still allocated from the pool (but not mapped) is simply gone
+    with it, as after the kernel's devm teardown.
 
+    Raises:
+        ContractViolation("memunmap_pages"): p2pmem pages are still referenced (nothing is
+            released then; the kernel would wait for them).
     Kernel: drivers/pci/p2pdma.c, pci_p2pdma_release().
     """
     topo = pdev.topology
     with topo.lock:
         if pdev.p2pdma is None:
             return
+        pci_p2pdma_memunmap_pages(pdev)
         pdev.p2pdma = None
         _rebuild_provider_index(topo)
 

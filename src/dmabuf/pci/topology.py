@@ -526,6 +526,9 @@ class Topology:
         self._provider_index: Any = None
         #: Bumped whenever the provider index is rebuilt (P2PFabricWindows.p2p_generation).
         self._p2p_generation = 0
+        #: The machine memory the BARs live in, set by :meth:`attach_memory` (p2pmem ranges
+        #: get their ZONE_DEVICE pages in it).
+        self.phys: PhysMemory | None = None
 
     # -- building ----------------------------------------------------------------------------
     def add_host_bridge(self, domain: int, bus: int, *, numa_node: int | None = None,
@@ -986,7 +989,10 @@ class Topology:
 
         Region names are ``"<bdf> BAR<n>"``; NUMA node is the function's (``-1`` if unknown).
         BARs smaller than a page or not page-aligned are skipped (they can never be P2P memory:
-        the pool granule is a page).
+        the pool granule is a page). Then ``phys`` becomes the topology's memory
+        (:attr:`phys`): the p2pmem ranges added so far get their ``MEMORY_DEVICE_PCI_P2PDMA``
+        page maps (``devm_memremap_pages``), and later ``pci_p2pdma_add_resource`` calls get
+        theirs at once.
 
         Returns:
             ``{region name: PhysRegion}`` of the regions added.
@@ -1007,6 +1013,9 @@ class Topology:
                 node = dev.numa_node if dev.numa_node is not None else -1
                 out[name] = phys.add_region(name, b.size, MemKind.MMIO, base=b.start,
                                             numa_node=node)
+        from dmabuf.pci.p2pdma import p2pdma_attach_memory
+        self.phys = phys
+        p2pdma_attach_memory(self, phys)
         return out
 
     def describe(self) -> dict[str, Any]:

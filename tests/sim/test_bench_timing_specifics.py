@@ -8,10 +8,6 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-import pytest
-
-from dmabuf.bench import BenchResult
-
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_sim_timing.py"
 
 
@@ -27,17 +23,6 @@ def _module() -> ModuleType:
     return mod
 
 
-@pytest.mark.parametrize("fn", ["bench_maxmin", "bench_events"])
-def test_benchmark_runs_quick_and_reports_finite_positive_figures(fn: str) -> None:
-    res = getattr(_module(), fn)(True)
-    results = res if isinstance(res, list) else [res]
-    assert results
-    for r in results:
-        assert isinstance(r, BenchResult)
-        assert r.name.startswith("sim.timing.")
-        for v in (r.figure, r.baseline, r.ratio):
-            assert math.isfinite(v) and v > 0
-        assert r.target == 5.0 and r.unit and r.baseline_name
 
 
 def test_benchmarks_are_registered() -> None:

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
-import math
 import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
-
-from dmabuf.bench import BenchResult
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_sim.py"
 
@@ -27,13 +24,6 @@ def _module() -> ModuleType:
     return mod
 
 
-@pytest.mark.parametrize("fn", ["bench_events", "bench_bytes", "bench_demo_wall"])
-def test_benchmark_runs_quick_and_reports_finite_positive_figures(fn: str) -> None:
-    r = getattr(_module(), fn)(True)
-    assert isinstance(r, BenchResult) and r.name.startswith("sim.")
-    for v in (r.figure, r.baseline, r.ratio):
-        assert math.isfinite(v) and v > 0
-    assert r.target is not None and r.unit and r.baseline_name
 
 
 def test_quick_scenario_has_100_flows_and_full_one_1000() -> None:
