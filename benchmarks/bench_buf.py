@@ -20,14 +20,13 @@ bytes per range (``struct phys_vec``).
 
 from __future__ import annotations
 
-import statistics
 import sys
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from dmabuf.bench import BenchResult, benchmark, measure
+from dmabuf.bench import BenchResult, benchmark, interleaved
 from dmabuf.buf.device import DirectDev, DmaDataDirection
 from dmabuf.buf.dma_buf import (
     DmaBufAttachment,
@@ -99,20 +98,6 @@ def _per_page_cycle(pages_list: list[tuple[int, int]]) -> Callable[[], int]:
     return cycle
 
 
-def _interleaved(model: Callable[[], object], raw: Callable[[], object],
-                 rounds: int) -> tuple[float, float, float]:
-    """Alternate model and baseline; return (median model s, median raw s, median raw/model)."""
-    tm: list[float] = []
-    tr: list[float] = []
-    model()
-    raw()
-    for _ in range(rounds):
-        tr.append(measure(raw, repeat=1))
-        tm.append(measure(model, repeat=1))
-    ratios = [r / m for r, m in zip(tr, tm, strict=True)]
-    return statistics.median(tm), statistics.median(tr), statistics.median(ratios)
-
-
 @benchmark("buf.map_unmap",
            claim="dma-buf map+unmap of 1 GiB: PhysVec >= 20x faster than a per-page Python "
                  "list; <= 16 bytes per range")
@@ -140,7 +125,7 @@ def bench_map_unmap(quick: bool) -> list[BenchResult]:
                 a.unmap_unlocked(t, BIDI)
                 return n
 
-            t_model, t_base, ratio = _interleaved(cycle, baseline, rounds)
+            t_model, t_base, ratio = interleaved(cycle, baseline, rounds)
             t = a.map_unlocked(BIDI)
             if isinstance(t, PhysVec):
                 nranges = len(t)

@@ -13,13 +13,11 @@
 
 from __future__ import annotations
 
-import statistics
 import sys
-from collections.abc import Callable
 
 import numpy as np
 
-from dmabuf.bench import BenchResult, benchmark, measure
+from dmabuf.bench import BenchResult, benchmark, interleaved, measure
 from dmabuf.buf.device import DirectDev, DmaDataDirection
 from dmabuf.buf.dma_engine import DmaEngine
 from dmabuf.buf.phys_vec import PhysVec
@@ -28,20 +26,6 @@ from dmabuf.machine import Machine
 from dmabuf.mm import PAGE_SIZE, MemKind, PhysMemory, make_ranges
 
 MiB = 1 << 20
-
-
-def _interleaved(model: Callable[[], object], raw: Callable[[], object],
-                 rounds: int) -> tuple[float, float, float]:
-    """Alternate model and baseline; return (median model s, median raw s, median raw/model)."""
-    tm: list[float] = []
-    tr: list[float] = []
-    model()
-    raw()
-    for _ in range(rounds):
-        tr.append(measure(raw, repeat=1))
-        tm.append(measure(model, repeat=1))
-    ratios = [r / m for r, m in zip(tr, tm, strict=True)]
-    return statistics.median(tm), statistics.median(tr), statistics.median(ratios)
 
 
 @benchmark("buf_repr.dma_copy",
@@ -100,7 +84,7 @@ def bench_dma_copy(quick: bool) -> list[BenchResult]:
                       oa: int = oa, ob: int = ob) -> None:
                 eng.copy(tb, ta, dst_owner=ob, src_owner=oa)
 
-            t_model, t_raw, ratio = _interleaved(model, raw, rounds)
+            t_model, t_raw, ratio = interleaved(model, raw, rounds)
             assert int(pm.read(b[:1])[0]) == 0x5A
             results.append(BenchResult(
                 name=f"buf_repr.dma_copy.{label}", figure=size / t_model / 1e9, unit="GB/s",

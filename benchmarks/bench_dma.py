@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import statistics
-from collections.abc import Callable
-
 import numpy as np
 
-from dmabuf.bench import BenchResult, benchmark, measure
+from dmabuf.bench import BenchResult, benchmark, interleaved, measure
 from dmabuf.dma import (
     DmaDataDirection,
     DmaDevice,
@@ -24,22 +21,6 @@ from dmabuf.dma import (
 )
 from dmabuf.machine import Machine
 from dmabuf.mm import MemKind, PhysMemory, split_ranges
-
-
-def _interleaved(model: Callable[[], object], raw: Callable[[], object],
-                 rounds: int) -> tuple[float, float, float]:
-    """Time model and baseline alternately; return (median model s, median raw s, median ratio
-    raw/model). Alternating cancels the drift of a shared, noisy machine."""
-    tm: list[float] = []
-    tr: list[float] = []
-    model()
-    raw()
-    for _ in range(rounds):
-        tr.append(measure(raw, repeat=1))
-        tm.append(measure(model, repeat=1))
-    ratios = [r / m for r, m in zip(tr, tm, strict=True)]
-    return statistics.median(tm), statistics.median(tr), statistics.median(ratios)
-
 
 BIDI = DmaDataDirection.DMA_BIDIRECTIONAL
 
@@ -137,7 +118,7 @@ def bench_dma_copy(quick: bool) -> BenchResult:
     # (median ratio): on a shared 2-core machine 9 rounds still moved the ratio by +-4%.
     a = pm.view(pm.region("vram0").base, size)
     b = pm.view(pm.region("ram0").base, size)
-    model, raw, ratio = _interleaved(
+    model, raw, ratio = interleaved(
         lambda: dev.dma_copy(None, maps[1], maps[0], src_owner=owner, dst_owner=owner),
         lambda: np.copyto(a, b), 5 if quick else 15)
     return BenchResult(

@@ -2,29 +2,10 @@
 
 from __future__ import annotations
 
-import statistics
-from collections.abc import Callable
-
 import numpy as np
 
-from dmabuf.bench import BenchResult, benchmark, measure
+from dmabuf.bench import BenchResult, benchmark, interleaved, measure
 from dmabuf.mm import MemKind, PhysMemory, split_ranges
-
-
-def _interleaved(model: Callable[[], object], raw: Callable[[], object],
-                 rounds: int) -> tuple[float, float, float]:
-    """Time model and baseline alternately; return (median model s, median raw s, median ratio
-    raw/model). Alternating cancels the drift of a shared, noisy machine."""
-    tm: list[float] = []
-    tr: list[float] = []
-    model()
-    raw()
-    for _ in range(rounds):
-        tr.append(measure(raw, repeat=1))
-        tm.append(measure(model, repeat=1))
-    ratios = [r / m for r, m in zip(tr, tm, strict=True)]
-    return statistics.median(tm), statistics.median(tr), statistics.median(ratios)
-
 
 
 def _setup(size: int, extent: int | None) -> tuple[PhysMemory, np.ndarray, np.ndarray]:
@@ -63,7 +44,7 @@ def bench_copy(quick: bool) -> list[BenchResult]:
         # views), so the ratio is the model's own overhead (range walk, cut points, checks).
         a = pm.view(pm.region("vram0").base, size)
         b = pm.view(pm.region("ram0").base, size)
-        model, raw, ratio = _interleaved(lambda pm=pm, src=src, dst=dst: pm.copy(dst, src),
+        model, raw, ratio = interleaved(lambda pm=pm, src=src, dst=dst: pm.copy(dst, src),
                                          lambda a=a, b=b: np.copyto(a, b), repeat)
         assert bool(np.all(pm.read(dst[:1]) == 0x5A))
         results.append(BenchResult(

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BenchResult", "benchmark", "discover", "measure", "registry"]
+__all__ = ["BenchResult", "benchmark", "discover", "interleaved", "measure", "registry"]
 
 
 @dataclass
@@ -85,6 +85,25 @@ def measure(fn: Callable[[], object], *, repeat: int = 5, number: int = 1,
             fn()
         times.append((time.perf_counter() - t0) / number)
     return statistics.median(times)
+
+
+def interleaved(model: Callable[[], object], baseline: Callable[[], object],
+                rounds: int) -> tuple[float, float, float]:
+    """Time ``model`` and ``baseline`` alternately, one call each per round, after one warm-up
+    call of each; alternating cancels the drift of a shared, noisy machine.
+
+    Returns: ``(median model s, median baseline s, median of the per-round baseline/model
+        ratios)`` — the ratio is oriented as :attr:`BenchResult.ratio` (bigger is better).
+    """
+    tm: list[float] = []
+    tb: list[float] = []
+    model()
+    baseline()
+    for _ in range(rounds):
+        tb.append(measure(baseline, repeat=1))
+        tm.append(measure(model, repeat=1))
+    ratios = [b / m for b, m in zip(tb, tm, strict=True)]
+    return statistics.median(tm), statistics.median(tb), statistics.median(ratios)
 
 
 def default_dir() -> Path:

@@ -23,6 +23,7 @@ from dmabuf.buf.file import (
     Process,
     ProcessTable,
     current_process,
+    user_buffer,
 )
 from dmabuf.buf.udmabuf import memfd_create, memfd_of
 from dmabuf.errors import ContractViolation, DmaBufError
@@ -218,3 +219,15 @@ def test_process_is_current_only_on_its_machine(machine: Machine) -> None:
     assert current_process() is machine.state(ProcessTable).init
     assert isinstance(p, Process)
     p.exit()
+
+
+def test_user_buffer_is_copy_from_user_access_ok() -> None:
+    buf = bytearray(8)
+    mv = user_buffer(buf, 8, "TEST_IOCTL")
+    mv[0] = 7
+    assert buf[0] == 7 and len(mv) == 8                     # a view, not a copy
+    assert len(user_buffer(b"", 0, "TEST_IOCTL")) == 0
+    for arg, n in ((None, 0), (object(), 0), (bytearray(4), 8)):
+        with pytest.raises(DmaBufError) as e:
+            user_buffer(arg, n, "TEST_IOCTL")
+        assert e.value.errno == errno.EFAULT and str(e.value).find("TEST_IOCTL") >= 0

@@ -302,3 +302,19 @@ def test_a_bad_bus_address_mask_is_a_violation_and_unmaps(pm: PhysMemory) -> Non
         t.map(dev, DmaDataDirection.BIDIRECTIONAL, mmio=True)
     assert e.value.rule == "sg_dma_mark_bus_address"
     assert not t.dma_mapped and dev.live_mappings == 0 and dev.unmap_calls == 1
+
+
+def test_map_or_free_and_unmap_and_free(pm: PhysMemory) -> None:
+    ok = DirectDev("nic0", pm)
+    t = SgTable.from_pages(make_ranges([pm.region("ram0").base], [PAGE_SIZE]))
+    assert t.map_or_free(ok, DmaDataDirection.TO_DEVICE) is t and t.dma_mapped
+    with pytest.raises(ContractViolation):
+        t.unmap_and_free(ok, DmaDataDirection.FROM_DEVICE)   # refused: nothing freed
+    assert not t.freed and t.dma_mapped
+    t.unmap_and_free(ok, DmaDataDirection.TO_DEVICE)
+    assert t.freed and ok.live_mappings == 0
+    narrow = DirectDev("old", pm, dma_mask_bits=30)           # ram0 is above 1 GiB
+    bad = SgTable.from_pages(make_ranges([pm.region("ram0").base], [PAGE_SIZE]))
+    with pytest.raises(DmaBufError) as e:
+        bad.map_or_free(narrow, DmaDataDirection.TO_DEVICE)
+    assert e.value.errno == errno.EIO and bad.freed          # the error path freed it

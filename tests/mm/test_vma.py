@@ -295,6 +295,7 @@ def test_truncation_zaps_the_mapping_before_freeing_the_pages(mm: MmStruct) -> N
     assert ("MMU_NOTIFY_CLEAR", s + 3 * PAGE_SIZE, s + 4 * PAGE_SIZE) in seen
     pfn, pte = mm.lookup(s, 2)
     assert pte.tolist() == [PTE_PRESENT | PTE_FILE | PTE_WRITE] * 2   # before EOF: untouched
+    assert [int(x) << 12 for x in pfn] == [int(cache[0]), int(cache[1])]
     assert mm.lookup(s + 3 * PAGE_SIZE, 1)[1].tolist() == [0]          # zapped at once
     assert mm.lookup(p + 2 * PAGE_SIZE, 2)[1].tolist() == [0, 0]       # even the COW copy
     owners = mm.phys.owners_of(np.array([(int(cache[2]), PAGE_SIZE), (int(cache[3]), PAGE_SIZE)],

@@ -9,6 +9,8 @@ import pytest
 
 from dmabuf.dma.fabric import P2PFabric, PciP2pdmaMapType
 from dmabuf.errors import ContractViolation, DmaBufError
+from dmabuf.mm.memremap import MemoryType, memremap_registry
+from dmabuf.mm.phys import PhysMemory
 from dmabuf.pci import (
     PciP2pdmaMapState,
     Topology,
@@ -25,6 +27,7 @@ from dmabuf.pci import (
     pci_p2pdma_distance_many,
     pci_p2pdma_enable_store,
     pci_p2pdma_map_type,
+    pci_p2pdma_pgmaps,
     pci_p2pdma_release,
     pci_p2pdma_state,
     pci_p2pmem_alloc_sgl,
@@ -464,6 +467,49 @@ def test_alloc_sgl_and_mmap_of_p2pmem_allocate() -> None:
     with pytest.raises(DmaBufError) as ei:
         p2pmem_alloc_mmap(b, 4096)
     assert ei.value.errno == errno.ENOMEM
+
+
+def test_add_resource_gives_the_range_p2pdma_pages() -> None:
+    """devm_memremap_pages() in pci_p2pdma_add_resource: a MEMORY_DEVICE_PCI_P2PDMA page map
+    whose freed pages go back to the pool; ranges added before the topology had memory get
+    theirs from attach_memory; release tears them down first."""
+    t = switch_fabric(AMD_ZEN)
+    a, b = t.device("ep_a"), t.device("ep_b")
+    pci_p2pdma_add_resource(b, 2, 4 << 20)                   # no memory yet: no pages
+    with pytest.raises(DmaBufError) as ei:
+        pci_p2pdma_pgmaps(b)
+    assert ei.value.errno == errno.ENODEV and "attach_memory" in str(ei.value)
+    with pytest.raises(DmaBufError) as ei:
+        pci_p2pdma_pgmaps(a)                                  # no p2pmem at all
+    assert ei.value.errno == errno.ENODEV
+    phys = PhysMemory()
+    t.attach_memory(phys)
+    reg = memremap_registry(phys)
+    (pb,) = pci_p2pdma_pgmaps(b)
+    assert reg.pgmap_of(0xF200_0000) is pb and pb.live
+    assert (pb.type, pb.start, pb.size, pb.provider, pb.owner) == \
+        (MemoryType.MEMORY_DEVICE_PCI_P2PDMA, 0xF200_0000, 4 << 20, b.bdf, b)
+    pci_p2pdma_add_resource(a, 2, 2 << 20, 2 << 20)           # memory attached: pages at once
+    (pa,) = pci_p2pdma_pgmaps(a)
+    assert reg.pgmap_of(0xF020_0000) is pa and reg.pgmap_of(0xF000_0000) is None
+    # a page handed out and freed returns to the pool through p2pdma_folio_free
+    x = pci_alloc_p2pmem(b, 4096)
+    assert x == 0xF200_0000 and b.p2pdma is not None
+    avail = b.p2pdma.describe()["available"]
+    pb.page_init([x])
+    pb.put_pages([x])
+    assert b.p2pdma.describe()["available"] == avail + 4096
+    # release with a page still referenced keeps everything; then it tears the pages down
+    assert pci_alloc_p2pmem(b, 4096) == x
+    pb.page_init([x])
+    with pytest.raises(ContractViolation):
+        pci_p2pdma_release(b)
+    assert b.p2pdma is not None and pb.live
+    pb.put_pages([x])
+    pci_p2pdma_release(b)
+    assert b.p2pdma is None and not pb.live and reg.pgmap_of(0xF200_0000) is None
+    pci_p2pdma_add_resource(b, 2, 4 << 20)                   # the range can be added again
+    assert reg.pgmap_of(0xF200_0000) is not None
 
 
 def test_p2pdma_state_for_pages_and_provider_at() -> None:

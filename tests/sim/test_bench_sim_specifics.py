@@ -9,7 +9,7 @@ from types import ModuleType
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_sim.py"
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_sim.py"
 
 
 def _module() -> ModuleType:

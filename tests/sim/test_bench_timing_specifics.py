@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_sim_timing.py"
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_sim_timing.py"
 
 
 def _module() -> ModuleType:

@@ -138,6 +138,7 @@ from dmabuf.buf.file import (
     Process,
     ProcessTable,
     current_process,
+    user_buffer,
 )
 from dmabuf.buf.heaps import DmaHeap, DmaHeapRegistry, system_heap_create
 from dmabuf.buf.phys_vec import PhysView
@@ -197,20 +198,6 @@ def _libc() -> ctypes.CDLL:
 def _address(region: mmap.mmap) -> int:
     """The start address of a host mapping (a transient buffer export)."""
     return int(np.frombuffer(region, dtype=np.uint8).ctypes.data)
-
-
-def _user(arg: Any, n: int, *, what: str) -> memoryview:
-    """``copy_from_user`` of ``n`` bytes: the argument as bytes, ``EFAULT`` when too short."""
-    if arg is None:
-        raise _err(errno.EFAULT, f"{what}: NULL argument pointer")
-    try:
-        mv = memoryview(arg).cast("B")
-    except TypeError:
-        raise _err(errno.EFAULT, f"{what}: the argument must be a bytes-like user buffer "
-                   "(a bytearray)") from None
-    if len(mv) < n:
-        raise _err(errno.EFAULT, f"{what}: user buffer of {len(mv)} bytes, {n} needed")
-    return mv
 
 
 def _copy_back(mv: memoryview, data: bytes, what: str) -> None:
@@ -543,19 +530,19 @@ class ModelBackend:
     def _dmabuf_ioctl(self, f: File, cmd: int, arg: Any) -> int:
         """``dma_buf_ioctl()``'s ``copy_from_user``/``copy_to_user`` around the model's ioctl."""
         if cmd == DMA_BUF_IOCTL_SYNC:
-            mv = _user(arg, 8, what="DMA_BUF_IOCTL_SYNC")
+            mv = user_buffer(arg, 8, "DMA_BUF_IOCTL_SYNC")
             f.ioctl(cmd, DmaBufSyncArg(int.from_bytes(mv[:8], "little")))
         elif cmd in (DMA_BUF_SET_NAME_A, DMA_BUF_SET_NAME_B):
-            mv = _user(arg, 0, what="DMA_BUF_SET_NAME")
+            mv = user_buffer(arg, 0, "DMA_BUF_SET_NAME")
             f.ioctl(cmd, bytes(mv))          # strndup_user() from the pointer
         elif cmd == DMA_BUF_IOCTL_EXPORT_SYNC_FILE:
-            mv = _user(arg, 8, what="DMA_BUF_IOCTL_EXPORT_SYNC_FILE")
+            mv = user_buffer(arg, 8, "DMA_BUF_IOCTL_EXPORT_SYNC_FILE")
             flags, _ = struct.unpack_from("<Ii", mv)
             a = DmaBufExportSyncFileArg(flags)
             f.ioctl(cmd, a)
             _copy_back(mv, struct.pack("<Ii", flags, a.fd), "DMA_BUF_IOCTL_EXPORT_SYNC_FILE")
         elif cmd == DMA_BUF_IOCTL_IMPORT_SYNC_FILE:
-            mv = _user(arg, 8, what="DMA_BUF_IOCTL_IMPORT_SYNC_FILE")
+            mv = user_buffer(arg, 8, "DMA_BUF_IOCTL_IMPORT_SYNC_FILE")
             flags, sfd = struct.unpack_from("<Ii", mv)
             f.ioctl(cmd, DmaBufImportSyncFileArg(flags, sfd))
         else:

@@ -80,7 +80,15 @@ from dmabuf.buf.dma_buf import (
     dma_buf_export,
     dma_buf_get,
 )
-from dmabuf.buf.file import O_ACCMODE, O_CLOEXEC, O_RDWR, File, FileOperations, current_process
+from dmabuf.buf.file import (
+    O_ACCMODE,
+    O_CLOEXEC,
+    O_RDWR,
+    File,
+    FileOperations,
+    current_process,
+    user_buffer,
+)
 from dmabuf.buf.phys_vec import PhysView
 from dmabuf.buf.sg_table import SgTable
 from dmabuf.errors import ContractViolation, DmaBufError
@@ -135,18 +143,6 @@ _U32 = 0xFFFFFFFF
 
 # drm_version strings (vgem_drv.c: DRIVER_NAME, DRIVER_DESC, DRIVER_DATE; 1.0.0)
 _NAME, _DESC, _DATE = b"vgem", b"Virtual GEM provider", b"20120112"
-
-
-def _user_buffer(arg: Any) -> memoryview:
-    """The ioctl argument as a writable byte view (``EFAULT`` for a bad "pointer")."""
-    if arg is None:
-        raise DmaBufError(errno.EFAULT, "DRM ioctl: NULL argument pointer")
-    try:
-        mv = memoryview(arg).cast("B")
-    except TypeError:
-        raise DmaBufError(errno.EFAULT, "DRM ioctl: the argument must be a bytes-like user "
-                          "buffer (a bytearray)") from None
-    return mv
 
 
 def _copy_to_user(addr: int, data: bytes) -> None:
@@ -372,19 +368,12 @@ class VgemPrimeOps(DmaBufOps):
     def map_dma_buf(self, attach: DmaBufAttachment, direction: DmaDataDirection) -> SgTable:
         """``drm_gem_map_dma_buf()``: ``get_sg_table`` then ``dma_map_sgtable``."""
         obj: VgemObject = attach.dmabuf.priv
-        t = SgTable.from_pages(obj.pages, size=obj.size)
-        try:
-            t.map(attach.dev, direction)
-        except BaseException:
-            t.free()
-            raise
-        return t
+        return SgTable.from_pages(obj.pages, size=obj.size).map_or_free(attach.dev, direction)
 
     def unmap_dma_buf(self, attach: DmaBufAttachment, table: Any,
                       direction: DmaDataDirection) -> None:
         """``drm_gem_unmap_dma_buf()``."""
-        table.unmap(attach.dev, direction)
-        table.free()
+        table.unmap_and_free(attach.dev, direction)
 
     def mmap(self, dmabuf: DmaBuf, vma: Vma) -> None:
         """``drm_gem_dmabuf_mmap()`` → ``drm_gem_shmem_mmap()`` (shared mappings only)."""
@@ -917,7 +906,7 @@ class VgemFileOps(FileOperations):
         ksize = max(in_size, out_size, drv_size)
         ubuf: memoryview | None = None
         if in_size or out_size:
-            ubuf = _user_buffer(arg)
+            ubuf = user_buffer(arg, 0, "DRM ioctl")
             if len(ubuf) < max(in_size, out_size):
                 raise DmaBufError(errno.EFAULT, f"DRM ioctl: user buffer of {len(ubuf)} bytes, "
                                   f"the command says {max(in_size, out_size)}")

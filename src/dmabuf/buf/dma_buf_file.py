@@ -60,6 +60,7 @@ from dmabuf.buf.file import (
     File,
     FileOperations,
     current_process,
+    user_buffer,
 )
 from dmabuf.buf.locking import check_entry
 from dmabuf.errors import DmaBufError
@@ -692,20 +693,6 @@ class SyncFileFileOps(FileOperations):
         raise DmaBufError(errno.ENOTTY, f"ioctl {cmd:#x} is not a sync_file ioctl")
 
 
-def _user_buf(arg: Any, n: int, what: str) -> memoryview:
-    """``copy_from_user`` of ``n`` bytes: the user buffer, ``EFAULT`` when NULL or short."""
-    if arg is None:
-        raise DmaBufError(errno.EFAULT, f"{what}: NULL argument pointer")
-    try:
-        mv = memoryview(arg).cast("B")
-    except TypeError:
-        raise DmaBufError(errno.EFAULT, f"{what}: the argument must be a bytes-like user "
-                          "buffer (a bytearray)") from None
-    if len(mv) < n:
-        raise DmaBufError(errno.EFAULT, f"{what}: user buffer of {len(mv)} bytes, {n} needed")
-    return mv
-
-
 def _check_writable(mv: memoryview, what: str) -> None:
     if mv.readonly:
         raise DmaBufError(errno.EFAULT, f"{what}: read-only user buffer (pass a bytearray)")
@@ -726,7 +713,7 @@ def _sync_file_fdget(fd: int, machine: Machine) -> File | None:
 def _sync_file_ioctl_merge(file: File, sf: SyncFile, arg: Any) -> int:
     """``sync_file_ioctl_merge()``: a new sync_file fd on the merged fences (O_CLOEXEC)."""
     what = "SYNC_IOC_MERGE"
-    mv = _user_buf(arg, SYNC_MERGE_DATA.size, what)
+    mv = user_buffer(arg, SYNC_MERGE_DATA.size, what)
     name, fd2, _fence, flags, pad = SYNC_MERGE_DATA.unpack_from(mv)
     if flags or pad:
         raise DmaBufError(errno.EINVAL, f"{what}: flags ({flags:#x}) and pad ({pad:#x}) must "
@@ -748,7 +735,7 @@ def _sync_file_ioctl_merge(file: File, sf: SyncFile, arg: Any) -> int:
 def _sync_file_ioctl_fence_info(sf: SyncFile, arg: Any) -> int:
     """``sync_file_ioctl_fence_info()``: name, status, count and (second pass) the fences."""
     what = "SYNC_IOC_FILE_INFO"
-    mv = _user_buf(arg, SYNC_FILE_INFO.size, what)
+    mv = user_buffer(arg, SYNC_FILE_INFO.size, what)
     _name, _status, flags, num_fences, pad, ptr = SYNC_FILE_INFO.unpack_from(mv)
     if flags or pad:
         raise DmaBufError(errno.EINVAL, f"{what}: flags ({flags:#x}) and pad ({pad:#x}) must "
@@ -771,7 +758,7 @@ def _sync_file_ioctl_fence_info(sf: SyncFile, arg: Any) -> int:
 def _sync_file_ioctl_set_deadline(sf: SyncFile, arg: Any) -> int:
     """``sync_file_ioctl_set_deadline()``: ``deadline_ns`` (CLOCK_MONOTONIC) as a hint."""
     what = "SYNC_IOC_SET_DEADLINE"
-    mv = _user_buf(arg, SYNC_SET_DEADLINE.size, what)
+    mv = user_buffer(arg, SYNC_SET_DEADLINE.size, what)
     deadline_ns, pad = SYNC_SET_DEADLINE.unpack_from(mv)
     if pad:
         raise DmaBufError(errno.EINVAL, f"{what}: pad must be 0")

@@ -50,7 +50,7 @@ from dmabuf.buf.phys_vec import PhysVec
 from dmabuf.buf.sg_table import SgTable
 from dmabuf.errors import DmaBufError, IommuFault
 from dmabuf.machine import Machine, current_machine
-from dmabuf.mm.phys import PAGE_SHIFT
+from dmabuf.mm.phys import PAGE_SHIFT, as_bytes_array
 from dmabuf.mm.ranges import as_ranges, slice_ranges
 
 __all__ = ["DmaEngine", "DmaFault", "DmaFaultLog"]
@@ -324,10 +324,8 @@ class DmaEngine:
 
 
 def _as_u8(data: Any) -> np.ndarray:
-    if isinstance(data, np.ndarray):
-        return np.ascontiguousarray(data).view(np.uint8).reshape(-1)
     try:
-        return np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8)
+        return as_bytes_array(data)
     except TypeError:
         raise DmaBufError(errno.EINVAL, f"DMA data must be bytes-like or an ndarray, not "
                           f"{type(data).__name__}") from None

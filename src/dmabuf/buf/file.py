@@ -80,6 +80,7 @@ __all__ = [
     "ProcessTable",
     "current_process",
     "flush_delayed_fput",
+    "user_buffer",
 ]
 
 # include/uapi/asm-generic/fcntl.h (x86-64 values)
@@ -114,6 +115,34 @@ DEFAULT_POLLMASK = EPOLLIN | EPOLLOUT | EPOLLRDNORM | EPOLLWRNORM
 FIRST_FD = 3
 #: Default ``RLIMIT_NOFILE`` soft limit of the model's processes.
 DEFAULT_MAX_FDS = 1024
+
+
+def user_buffer(arg: Any, n: int, what: str) -> memoryview:
+    """An ioctl's user buffer as a byte view — the ``access_ok`` part of ``copy_from_user``.
+
+    The model's "user pointer" is any bytes-like object (a ``bytearray`` when the ioctl writes
+    back).
+
+    Args:
+        arg: the ioctl argument.
+        n: bytes the command copies in or out (``_IOC_SIZE``); 0 checks only the pointer.
+        what: the ioctl, for messages.
+    Context: pure.
+    Returns: ``memoryview(arg).cast("B")`` (at least ``n`` bytes; not copied).
+    Raises: DmaBufError(EFAULT): ``arg`` is None (a NULL pointer), not bytes-like, or shorter
+        than ``n`` bytes.
+    Kernel: include/linux/uaccess.h, copy_from_user() / copy_to_user() (-EFAULT).
+    """
+    if arg is None:
+        raise DmaBufError(errno.EFAULT, f"{what}: NULL argument pointer")
+    try:
+        mv = memoryview(arg).cast("B")
+    except TypeError:
+        raise DmaBufError(errno.EFAULT, f"{what}: the argument must be a bytes-like user buffer "
+                          "(a bytearray)") from None
+    if len(mv) < n:
+        raise DmaBufError(errno.EFAULT, f"{what}: user buffer of {len(mv)} bytes, {n} needed")
+    return mv
 
 
 def _check_int(value: Any, what: str) -> int:

@@ -61,7 +61,15 @@ from dmabuf.buf.dma_buf import (
     Vma,
     dma_buf_export,
 )
-from dmabuf.buf.file import O_ACCMODE, O_CLOEXEC, O_RDONLY, O_RDWR, File, FileOperations
+from dmabuf.buf.file import (
+    O_ACCMODE,
+    O_CLOEXEC,
+    O_RDONLY,
+    O_RDWR,
+    File,
+    FileOperations,
+    user_buffer,
+)
 from dmabuf.buf.file import current_process as _current_process
 from dmabuf.buf.phys_vec import PhysView
 from dmabuf.buf.sg_table import SgTable
@@ -303,16 +311,7 @@ class DmaHeapFileOps(FileOperations):
             out_size = 0
         ksize = max(in_size, out_size, drv_size)
         if in_size or out_size:
-            if arg is None:
-                raise DmaBufError(errno.EFAULT, "dma_heap ioctl: NULL argument")
-            try:
-                ubuf = memoryview(arg).cast("B")
-            except TypeError:
-                raise DmaBufError(errno.EFAULT, "dma_heap ioctl: the argument must be a "
-                                  "bytes-like user buffer") from None
-            if len(ubuf) < max(in_size, out_size):
-                raise DmaBufError(errno.EFAULT, f"dma_heap ioctl: user buffer of {len(ubuf)} "
-                                  f"bytes, command says {max(in_size, out_size)}")
+            ubuf = user_buffer(arg, max(in_size, out_size), "dma_heap ioctl")
             if out_size and ubuf.readonly:
                 raise DmaBufError(errno.EFAULT, "dma_heap ioctl: read-only user buffer")
         kdata = bytearray(ksize)

@@ -556,6 +556,32 @@ class SgTable:
         self._mapping = (dev, d, dma)
         return self
 
+    def map_or_free(self, dev: DmaDev, direction: int, *, mmio: bool = False) -> SgTable:
+        """:meth:`map`, freeing the table if that fails — an exporter's ``get_sg_table`` +
+        ``dma_map_sgtable`` (``sg_free_table`` + ``kfree`` on the error path).
+
+        Args / Context: as :meth:`map`.
+        Returns: self (mapped).
+        Raises: what :meth:`map` raises; the table is freed then.
+        Kernel: drivers/gpu/drm/drm_prime.c, drm_gem_map_dma_buf(); drivers/dma-buf/udmabuf.c,
+            get_sg_table().
+        """
+        try:
+            return self.map(dev, direction, mmio=mmio)
+        except BaseException:
+            self.free()
+            raise
+
+    def unmap_and_free(self, dev: DmaDev | None = None, direction: int | None = None) -> None:
+        """:meth:`unmap` then :meth:`free` — an exporter's ``unmap_dma_buf`` of a table it built.
+
+        Args / Raises: as :meth:`unmap` (the table is not freed if the unmap is refused).
+        Kernel: drivers/gpu/drm/drm_prime.c, drm_gem_unmap_dma_buf(); drivers/dma-buf/udmabuf.c,
+            put_sg_table().
+        """
+        self.unmap(dev, direction)
+        self.free()
+
     def unmap(self, dev: DmaDev | None = None, direction: int | None = None) -> None:
         """Undo :meth:`map`/:meth:`map_phys_vec` — ``dma_unmap_sgtable()``, ``dma_buf_free_sgt()``.
 

@@ -76,6 +76,7 @@ from dmabuf.buf.file import (
     File,
     FileOperations,
     current_process,
+    user_buffer,
 )
 from dmabuf.buf.phys_vec import PhysView
 from dmabuf.buf.sg_table import SgTable
@@ -356,18 +357,12 @@ class UdmabufOps(DmaBufOps):
         """``map_udmabuf()`` → ``get_sg_table()``: table from the pinned pages, dma-mapped."""
         ubuf: Udmabuf = attach.dmabuf.priv
         t = SgTable.from_pages(ubuf.pages, size=ubuf.pagecount << PAGE_SHIFT)
-        try:
-            t.map(attach.dev, direction)
-        except BaseException:
-            t.free()
-            raise
-        return t
+        return t.map_or_free(attach.dev, direction)
 
     def unmap_dma_buf(self, attach: DmaBufAttachment, table: Any,
                       direction: DmaDataDirection) -> None:
         """``unmap_udmabuf()`` → ``put_sg_table()``: unmap and free the table."""
-        table.unmap(attach.dev, direction)
-        table.free()
+        table.unmap_and_free(attach.dev, direction)
 
     def begin_cpu_access(self, dmabuf: DmaBuf, direction: DmaDataDirection) -> None:
         """``begin_cpu_udmabuf()``: the first call creates the driver's own table (``ubuf->sg``).
@@ -468,17 +463,8 @@ class _UdmabufFileOps(FileOperations):
 
 
 def _user_bytes(arg: Any, n: int) -> bytes:
-    """``copy_from_user(n bytes)``: EFAULT when the user buffer is shorter."""
-    if arg is None:
-        raise DmaBufError(errno.EFAULT, "NULL user pointer")
-    try:
-        mv = memoryview(arg).cast("B")
-    except TypeError:
-        raise DmaBufError(errno.EFAULT, "the ioctl argument must be a bytes-like user buffer") \
-            from None
-    if len(mv) < n:
-        raise DmaBufError(errno.EFAULT, f"user buffer of {len(mv)} bytes, {n} needed")
-    return bytes(mv[:n])
+    """``copy_from_user(n bytes)``: a copy of the first ``n`` bytes (EFAULT as user_buffer)."""
+    return bytes(user_buffer(arg, n, "udmabuf ioctl")[:n])
 
 
 class UdmabufDevice:

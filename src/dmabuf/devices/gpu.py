@@ -428,9 +428,8 @@ class GpuDmaBufOps(DmaBufOps):
         else:
             sgt = SgTable.from_pages(bo.pages)
             try:
-                sgt.map(attach.dev, direction)
+                sgt.map_or_free(attach.dev, direction)
             except DmaBufError as e:
-                sgt.free()
                 raise DmaBufError(errno.EBUSY, f"amdgpu_dma_buf_map: dma_map_sgtable for "
                                   f"{attach.dev.name} failed: {e}") from e
         gpu.machine.trace.emit("amdgpu_dma_buf_map", bo=bo.name, dev=attach.dev.name,
@@ -448,8 +447,7 @@ class GpuDmaBufOps(DmaBufOps):
             assert isinstance(dev, DmaDevice)
             dma_buf_free_sgt(dev, table, DmaDirection(int(direction)))
         else:
-            table.unmap(attach.dev, direction)
-            table.free()
+            table.unmap_and_free(attach.dev, direction)
 
     def release(self, dmabuf: DmaBuf) -> None:
         """``drm_gem_dmabuf_release``: drop the export's BO reference. Context: unlocked."""

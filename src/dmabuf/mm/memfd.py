@@ -52,7 +52,14 @@ from typing import Any
 import numpy as np
 
 from dmabuf.errors import ContractViolation, DmaBufError
-from dmabuf.mm.phys import PAGE_SHIFT, PAGE_SIZE, MemKind, PhysMemory, PhysRegion
+from dmabuf.mm.phys import (
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    MemKind,
+    PhysMemory,
+    PhysRegion,
+    as_bytes_array,
+)
 from dmabuf.mm.ranges import RANGE_DTYPE, coalesce
 
 __all__ = [
@@ -187,7 +194,7 @@ class MemFdMapping:
 
         Raises: DmaBufError(EFAULT): read-only mapping (SIGSEGV) or beyond EOF (SIGBUS).
         """
-        src = _as_u8(data)
+        src = as_bytes_array(data)
         self._check(offset, int(src.size))
         if not self.writable:
             raise DmaBufError(errno.EFAULT, "store through a read-only mapping (SIGSEGV)")
@@ -505,7 +512,7 @@ class MemFd:
             DmaBufError(EINVAL): negative offset.
         Kernel: mm/shmem.c, shmem_file_write_iter(), shmem_write_begin() (seal checks).
         """
-        src = _as_u8(data)
+        src = as_bytes_array(data)
         offset = _check_int(offset, "offset")
         self._check_live("write")
         if offset < 0:
@@ -645,13 +652,3 @@ class MemFd:
         return {"name": f"memfd:{self.name}", "size": self._size, "seals": self._seals,
                 "resident_pages": self.resident_pages, "pinned_pages": self.pinned_pages,
                 "mappings": len(self._maps), "released": self.released}
-
-
-def _as_u8(data: Any) -> np.ndarray:
-    if isinstance(data, np.ndarray):
-        return np.ascontiguousarray(data).view(np.uint8).reshape(-1)
-    try:
-        return np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8)
-    except TypeError:
-        raise TypeError(f"data must be bytes-like or an ndarray, not "
-                        f"{type(data).__name__}") from None

@@ -70,6 +70,7 @@ __all__ = [
     "MemKind",
     "PhysMemory",
     "PhysRegion",
+    "as_bytes_array",
 ]
 
 PAGE_SHIFT = 12
@@ -1029,7 +1030,7 @@ class PhysMemory:
             DmaBufError(EINVAL): ``len(data)`` differs from the total length of ``ranges``.
             IommuFault (EFAULT): a range outside every region.
         """
-        src = _as_bytes_array(data)
+        src = as_bytes_array(data)
         pieces = self._pieces(ranges)
         total = sum(n for _, _, n in pieces)
         if src.size != total:
@@ -1216,7 +1217,12 @@ def _merge_extents(fs: np.ndarray, fl: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return s[idx], np.add.reduceat(n, idx)
 
 
-def _as_bytes_array(data: Any) -> np.ndarray:
+def as_bytes_array(data: Any) -> np.ndarray:
+    """``data`` as a flat ``uint8`` array, without a copy where possible (what the model's byte
+    writers accept: bytes-like objects or any numpy array, viewed as its raw bytes).
+
+    Raises: TypeError: neither bytes-like nor an ndarray.
+    """
     if isinstance(data, np.ndarray):
         return np.ascontiguousarray(data).view(np.uint8).reshape(-1)
     try:

@@ -92,7 +92,14 @@ from dmabuf.mm.mmu_notifier import (
     mmu_notifier_invalidate_range_start,
     mmu_notifier_release,
 )
-from dmabuf.mm.phys import PAGE_SHIFT, PAGE_SIZE, MemKind, PhysMemory, PhysRegion
+from dmabuf.mm.phys import (
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    MemKind,
+    PhysMemory,
+    PhysRegion,
+    as_bytes_array,
+)
 from dmabuf.mm.ranges import RANGE_DTYPE, coalesce, slice_ranges
 
 __all__ = [
@@ -1270,7 +1277,7 @@ class MmStruct:
         Raises: DmaBufError(EFAULT): unmapped or read-only (SIGSEGV), SIGBUS.
         Kernel: arch/x86/mm/fault.c, do_user_addr_fault() → handle_mm_fault(); copy_to_user.
         """
-        src = _as_u8(data)
+        src = as_bytes_array(data)
         self._access(addr, int(src.size), True, lambda r: self.phys.write(r, src))
 
     def fill(self, addr: int, length: int, byte: int) -> None:
@@ -1459,13 +1466,3 @@ def zap_vma_ptes(vma: Vma, address: int, size: int) -> None:
         raise DmaBufError(errno.EINVAL, f"zap_vma_ptes: range outside {vma!r}")
     i0 = vma.index(address)
     vma.mm._zap(vma, i0, i0 + (-(-size // PAGE_SIZE)), MmuNotifyEvent.MMU_NOTIFY_CLEAR)
-
-
-def _as_u8(data: Any) -> np.ndarray:
-    if isinstance(data, np.ndarray):
-        return np.ascontiguousarray(data).view(np.uint8).reshape(-1)
-    try:
-        return np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8)
-    except TypeError:
-        raise TypeError(f"data must be bytes-like or an ndarray, not "
-                        f"{type(data).__name__}") from None

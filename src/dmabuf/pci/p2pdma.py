@@ -260,8 +260,12 @@ def _memremap(pdev: PciDev, pm: P2pdmaPagemap, phys: PhysMemory) -> None:
 def p2pdma_attach_memory(topo: Topology, phys: PhysMemory) -> None:
     """Give pages to every range added before ``topo`` had memory (attach_memory's second half).
 
+    Context: takes ``Topology.lock``.
     Raises: DmaBufError(EINVAL / ENOMEM): from ``memremap_pages`` (a range not inside one MMIO
         region of ``phys``, an overlap).
+    Kernel: mm/memremap.c, devm_memremap_pages() — which in the kernel runs inside
+        ``pci_p2pdma_add_resource()``; the model defers it for topologies loaded before the
+        machine's memory exists (a TOML file, a captured sysfs root).
     """
     with topo.lock:
         for dev in topo.devices:

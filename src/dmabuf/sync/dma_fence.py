@@ -919,13 +919,7 @@ class DmaFence:
         If ``ops.signaled`` reports completion the fence is signalled (``signal_locked``).
         Kernel: include/linux/dma-fence.h, dma_fence_is_signaled_locked().
         """
-        if self.flags & _SIGNALED:
-            return True
-        ops = self.ops
-        if ops is not None and ops._has_signaled and ops.signaled(self):
-            self.signal_locked()
-            return True
-        return False
+        return bool(self.flags & _SIGNALED) or self._ops_signaled(self.signal_locked)
 
     def is_signaled(self) -> bool:
         """Whether the fence has signalled — dma_fence_is_signaled().
@@ -935,11 +929,13 @@ class DmaFence:
         Context: may take the fence lock (to signal).
         Kernel: include/linux/dma-fence.h, dma_fence_is_signaled().
         """
-        if self.flags & _SIGNALED:
-            return True
+        return bool(self.flags & _SIGNALED) or self._ops_signaled(self.signal)
+
+    def _ops_signaled(self, signal: Callable[[], None]) -> bool:
+        """``ops->signaled(fence)``: if the driver says done, signal with ``signal``."""
         ops = self.ops
         if ops is not None and ops._has_signaled and ops.signaled(self):
-            self.signal()
+            signal()
             return True
         return False
 

@@ -297,35 +297,21 @@ def mlx5_ib_reg_user_mr_dmabuf(pd: IbPd, offset: int, length: int, virt_addr: in
         ops: DmaBufAttachOps = _IgnoringAttachOps() if dev.ignore_invalidate \
             else Mlx5DmabufAttachOps()
         umem = ib_umem_dmabuf_get(dev, offset, length, fd, access_flags, ops)
-        try:
-            mk = _new_mkey(dev, pd, virt_addr, length, access_flags, umem.address, odp=True)
-        except BaseException:
-            ib_umem_dmabuf_release(umem)
-            raise
-        mr = Mlx5IbMr(dev, pd, virt_addr, length, access_flags, k, umem, mk)
-        umem.private = mr
-        dev.register_mr(mr)
+        mr = _register_umem_mr(pd, virt_addr, length, access_flags, k, umem, odp=True)
         dev.odp_store(mr)
         try:
             if k is MrKind.DYNAMIC:
                 mlx5_ib_init_dmabuf_mr(mr)
             else:
-                with mk.hw_lock:      # created enabled, every entry not present
-                    mk.enabled = True
+                with mr.mmkey.hw_lock:  # created enabled, every entry not present
+                    mr.mmkey.enabled = True
         except BaseException:
             mlx5_ib_dereg_mr(mr)
             raise
         return mr
     if k is MrKind.PINNED:
         umem = ib_umem_dmabuf_get_pinned(dev, offset, length, fd, access_flags)
-        try:
-            mk = _new_mkey(dev, pd, virt_addr, length, access_flags, umem.address, odp=False)
-        except BaseException:
-            ib_umem_dmabuf_release(umem)
-            raise
-        mr = Mlx5IbMr(dev, pd, virt_addr, length, access_flags, k, umem, mk)
-        umem.private = mr
-        dev.register_mr(mr)
+        mr = _register_umem_mr(pd, virt_addr, length, access_flags, k, umem, odp=False)
         try:
             mlx5r_umr_update_mr_pas(mr, MLX5_IB_UPD_XLT_ENABLE)
         except BaseException:
@@ -347,6 +333,22 @@ def mlx5_ib_reg_user_mr_dmabuf(pd: IbPd, offset: int, length: int, virt_addr: in
         ib_umem_dmabuf_release(umem)
         raise
     resv.unlock()
+    return mr
+
+
+def _register_umem_mr(pd: IbPd, virt_addr: int, length: int, access_flags: int, k: MrKind,
+                      umem: IbUmemDmabuf, *, odp: bool) -> Mlx5IbMr:
+    """The MKey + MR of a dma-buf umem, registered with the device (``reg_user_mr_dmabuf``'s
+    common part); a failing MKey releases the umem."""
+    dev = pd.device
+    try:
+        mk = _new_mkey(dev, pd, virt_addr, length, access_flags, umem.address, odp=odp)
+    except BaseException:
+        ib_umem_dmabuf_release(umem)
+        raise
+    mr = Mlx5IbMr(dev, pd, virt_addr, length, access_flags, k, umem, mk)
+    umem.private = mr
+    dev.register_mr(mr)
     return mr
 
 

@@ -626,14 +626,9 @@ class CQ(_Object):
 
 
 @dataclass
-class QPCap:
-    """``ibv_qp_cap`` — ``pyverbs.qp.QPCap``."""
-
-    max_send_wr: int = 1
-    max_recv_wr: int = 10
-    max_send_sge: int = 1
-    max_recv_sge: int = 1
-    max_inline_data: int = 0
+class QPCap(IbQpCap):
+    """``ibv_qp_cap`` — ``pyverbs.qp.QPCap``: the same fields, order and defaults as the
+    driver's :class:`~dmabuf.devices.rdma.qp.IbQpCap`."""
 
 
 @dataclass
@@ -683,12 +678,8 @@ class QPAttr:
 
     def _to_ib(self) -> IbQpAttr:
         a = self.ah_attr
-        return IbQpAttr(self.qp_state, self.cur_qp_state, self.path_mtu, self.qp_access_flags,
-                        self.pkey_index, self.port_num, self.qkey,
-                        IbAhAttr(a.dlid, a.port_num, a.sl, bool(a.is_global)),
-                        self.dest_qp_num, self.rq_psn, self.sq_psn, self.max_rd_atomic,
-                        self.max_dest_rd_atomic, self.min_rnr_timer, self.timeout,
-                        self.retry_cnt, self.rnr_retry)
+        plain = {k: v for k, v in vars(self).items() if k != "ah_attr"}   # same field names
+        return IbQpAttr(**plain, ah_attr=IbAhAttr(a.dlid, a.port_num, a.sl, bool(a.is_global)))
 
 
 @dataclass
@@ -778,8 +769,7 @@ class QP(_Object):
         ib = IbQpInitAttr(init_attr.qp_type,
                           init_attr.scq.cq if init_attr.scq is not None else None,
                           init_attr.rcq.cq if init_attr.rcq is not None else None,
-                          IbQpCap(cap.max_send_wr, cap.max_recv_wr, cap.max_send_sge,
-                                  cap.max_recv_sge, cap.max_inline_data),
+                          IbQpCap(**vars(cap)),
                           bool(init_attr.sq_sig_all))
         try:
             self.qp: Mlx5IbQp = pd.ctx.device.create_qp(pd.pd, ib)
