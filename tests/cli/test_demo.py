@@ -161,6 +161,39 @@ def test_demo_pictures(demo: tuple[Any, dict[str, Any], Path]) -> None:
     assert '"h0:sw0" -> "h0:gpu0"' in dot and "gpu0>nic0>nic1>gpu1" in dot
 
 
+def test_plot_rows_pack_spans_greedily() -> None:
+    from dmabuf.sim.plot import _rows
+
+    assert _rows([]) == []
+    assert _rows([(0, 10), (5, 8), (9, 12), (10, 11), (20, 30)]) == [0, 1, 1, 0, 0]
+    assert _rows([(10, 20), (0, 5), (4, 12)]) == [0, 0, 1]  # input order does not matter
+    assert _rows([(0, 10), (12, 20)], gap=3) == [0, 1]
+
+
+def test_demo_plot_labels_do_not_collide(demo: tuple[Any, dict[str, Any], Path]) -> None:
+    import matplotlib.pyplot as plt
+
+    from dmabuf.sim.plot import _figure
+
+    report = demo[1]
+    fig = _figure(report, 110)
+    try:
+        renderer = fig.canvas.get_renderer()
+        ax = fig.axes[0]  # zen's timeline
+        frame = ax.get_window_extent(renderer)
+        texts = {t.get_text(): t.get_window_extent(renderer) for t in ax.texts}
+        events = [e["label"] for e in _host(report, "zen")["events"]]
+        assert events == ["pressure gpu0 160MiB", "restore svm", "reset nvme1", "restore act0"]
+        boxes = [texts[label] for label in events]
+        assert not [(a, b) for i, a in enumerate(boxes) for b in boxes[:i] if a.overlaps(b)]
+        assert all(frame.x0 <= b.x0 and b.x1 <= frame.x1 and frame.y0 <= b.y0 for b in boxes)
+        # Only the three long GPU moves have room for a name; the 2 MiB SVM moves stay bare.
+        moves = sorted(set(texts) - set(events) - {"revoked"})
+        assert moves == ["act0 TT→VRAM", "act0 VRAM→TT", "act1 VRAM→TT"]
+    finally:
+        plt.close(fig)
+
+
 def test_demo_show_prints_the_scenario() -> None:
     res = CliRunner().invoke(main, ["demo", "--show"])
     assert res.exit_code == 0 and res.output.startswith("# pydmabuf demo")

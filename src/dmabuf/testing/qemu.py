@@ -403,13 +403,15 @@ mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 results /mnt/results |
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=loose,ro hostroot /mnt/host \
   || fail host root share
 H=/mnt/host
-mount -t tmpfs tmp $H/tmp || fail tmpfs
+# The host's /tmp stays visible (read-only): the checkout and its venv may live there (CI clones
+# into a temporary directory). Scratch space is a tmpfs at /dev/shm, named by TMPDIR.
 for d in proc sys dev; do mount --bind /$d $H/$d || fail bind /$d; done
+mkdir -p $H/dev/shm && mount -t tmpfs shm $H/dev/shm || fail tmpfs
 mount --bind /sys/kernel/debug $H/sys/kernel/debug || fail bind debugfs
 mkdir -p "$H$PYDMABUF_RESULTS" 2>/dev/null
 mount --bind /mnt/results "$H$PYDMABUF_RESULTS" || fail bind results
 echo "PYDMABUF_T_CHROOT uptime=$(cut -d' ' -f1 /proc/uptime)"
-chroot $H /bin/sh "$PYDMABUF_RESULTS/guest-cmd.sh"
+TMPDIR=/dev/shm chroot $H /bin/sh "$PYDMABUF_RESULTS/guest-cmd.sh"
 rc=$?
 echo "$rc" > /mnt/results/guest-exit-code
 echo "PYDMABUF_T_DONE uptime=$(cut -d' ' -f1 /proc/uptime) rc=$rc"
@@ -593,7 +595,8 @@ def run_guest_python(argv: Sequence[str], results_dir: Path, *, timeout: float =
 
     The host's ``/`` is the guest's root (read-only, over 9p); ``results_dir`` (a host
     directory) is writable at the same path inside the guest, so the command writes its
-    results (JSON) there. ``/tmp`` in the guest is a private tmpfs.
+    results (JSON) there. The host's ``/tmp`` is visible read-only (a checkout may live
+    there); scratch space is a private tmpfs at ``/dev/shm`` (``TMPDIR`` and ``HOME``).
 
     Args:
         argv: arguments after the interpreter (a script path and its arguments).
@@ -621,7 +624,8 @@ def run_guest_python(argv: Sequence[str], results_dir: Path, *, timeout: float =
         (results_dir / stale).unlink(missing_ok=True)
     py = python or sys.executable
     full_env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                "HOME": "/tmp", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1",
+                "HOME": "/dev/shm", "TMPDIR": "/dev/shm",
+                "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1",
                 "LANG": "C.UTF-8", "PYDMABUF_IN_GUEST": "1", **(env or {})}
     (results_dir / "guest-env.sh").write_text(f"PYDMABUF_RESULTS={_shq(str(results_dir))}\n")
     exports = "".join(f"export {k}={_shq(v)}\n" for k, v in full_env.items())
