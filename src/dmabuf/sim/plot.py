@@ -9,9 +9,8 @@ lane, concurrent moves on separate levels and named only where the bar has room 
 events as dashed vertical lines, their labels in the events lane staggered on as many rows as
 needed so none overlap — placed in pixels once the layout is final), on the right the
 **utilisation** of the busiest links over the same modelled time (step curves, 0–100 %). Times
-are modelled
-microseconds from the start of the workload. matplotlib is an optional dependency (extra
-``plot``); without it :func:`plot_report` raises a :class:`PlotUnavailable` that says how to
+are modelled microseconds from the start of the workload. matplotlib is an optional dependency
+(extra ``plot``); without it :func:`plot_report` raises a :class:`PlotUnavailable` that says how to
 install it. The Agg backend is used (no display needed).
 
 :func:`fabric_dot` — the timing-model fabric as a DOT graph: nodes by kind (root complex,
