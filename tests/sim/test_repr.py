@@ -10,53 +10,12 @@ import pytest
 from dmabuf.buf.sg_table import SgTable
 from dmabuf.mm.ranges import RANGE_DTYPE
 from dmabuf.sim.runner import run_scenario
-from dmabuf.sim.scenario import load_scenario, loads_scenario
+from dmabuf.sim.scenario import load_scenario
+
+from .helpers import cmb_write_scenario, run_toml
 
 ROOT = Path(__file__).resolve().parents[2]
 MiB = 1 << 20
-
-CMB = """\
-format = 1
-seed = 5
-[topology]
-ram = "1GiB"
-[[device]]
-name = "nvme0"
-kind = "nvme"
-[[device]]
-name = "nic0"
-kind = "nic"
-[[device]]
-name = "nic1"
-kind = "nic"
-[[buffer]]
-name = "cmb"
-exporter = "nvme0"
-size = "4MiB"
-[[buffer]]
-name = "staging"
-exporter = "system"
-size = "4MiB"
-[[import]]
-buffer = "cmb"
-device = "{dev}"
-mode = "pinned"
-repr = "{rep}"
-[[import]]
-buffer = "staging"
-device = "{peer}"
-mode = "pinned"
-[[stream]]
-name = "w"
-device = "{dev}"
-buffer = "cmb"
-direction = "write"
-peer = "{peer}"
-peer_buffer = "staging"
-size = "1MiB"
-count = 8
-"""
-
 
 def _one_entry_sgtable_nbytes() -> int:
     r = np.zeros(1, dtype=RANGE_DTYPE)
@@ -74,7 +33,7 @@ def _one_entry_sgtable_nbytes() -> int:
 ])
 def test_p2pmem_user_holds_the_representation_it_maps(dev: str, peer: str, rep: str, used: str,
                                                       nbytes: int | None, note: str) -> None:
-    r = run_scenario(loads_scenario(CMB.format(dev=dev, peer=peer, rep=rep), path="cmb.toml"))
+    r = run_toml(cmb_write_scenario(dev, peer, mode="pinned", rep=rep), "cmb.toml")
     assert r["ok"] is True and r["bytes_verified"] == 8 * MiB
     a = next(a for a in r["hosts"][0]["attachments"] if a["buffer"] == "cmb")
     assert (a["repr"], a["repr_used"]) == (rep, used)
@@ -139,7 +98,7 @@ count = 4
 
 @pytest.mark.parametrize("rep", ["sgtable", "physvec"])
 def test_generic_importer_mapping_memory_is_the_sgtable_it_holds(rep: str) -> None:
-    r = run_scenario(loads_scenario(GPU_IMPORT.format(rep=rep), path="gpu.toml"))
+    r = run_toml(GPU_IMPORT.format(rep=rep), "gpu.toml")
     assert r["ok"] is True and r["bytes_verified"] == 4 * MiB
     (a,) = r["hosts"][0]["attachments"]
     # GPU0 -> GPU1 across root ports through the IOMMU: dma_buf_phys_vec_to_sgt linked the

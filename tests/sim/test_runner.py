@@ -14,6 +14,8 @@ from dmabuf.sim.runner import run_scenario
 from dmabuf.sim.scenario import load_scenario, loads_scenario
 from dmabuf.sim.verify import BufferTruth, StreamChecksum, fill_bytes, page_digests
 
+from .helpers import gpu_nic_scenario, run_toml
+
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = ROOT / "examples" / "small.toml"
 
@@ -82,55 +84,12 @@ def test_link_accounting_matches_the_bytes_moved(small_report: dict) -> None:
         assert 0 <= lk["mean_utilisation"] <= lk["peak_utilisation"] <= 1 + 1e-9
 
 
-BUGGY = """\
-format = 1
-seed = 1
-[topology]
-ram = "1GiB"
-[[device]]
-name = "gpu0"
-kind = "gpu"
-vram = "128MiB"
-[[device]]
-name = "nic0"
-kind = "nic"
-params = { ignore_invalidate = true }
-[[device]]
-name = "nic1"
-kind = "nic"
-[[buffer]]
-name = "act"
-exporter = "gpu0"
-size = "8MiB"
-[[buffer]]
-name = "sink"
-exporter = "system"
-size = "8MiB"
-[[import]]
-buffer = "act"
-device = "nic0"
-mode = "dynamic"
-[[import]]
-buffer = "sink"
-device = "nic1"
-mode = "pinned"
-[[stream]]
-name = "tx"
-device = "nic0"
-buffer = "act"
-peer = "nic1"
-peer_buffer = "sink"
-size = "1MiB"
-count = 16
-[[event]]
-at = "20us"
-action = "evict"
-buffer = "act"
-"""
+BUGGY = gpu_nic_scenario(seed=1, act_mode="dynamic", size="8MiB", count=16,
+                         nic0_params="{ ignore_invalidate = true }", events=(("20us", "evict"),))
 
 
 def test_an_importer_that_ignores_invalidation_is_caught() -> None:
-    r = run_scenario(loads_scenario(BUGGY, path="buggy.toml"))
+    r = run_toml(BUGGY, "buggy.toml")
     assert r["ok"] is False
     (h,) = r["hosts"]
     st = h["streams"][0]

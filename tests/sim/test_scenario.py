@@ -16,59 +16,12 @@ from dmabuf.sim.scenario import (
     parse_duration,
 )
 
+from .helpers import gpu_nic_scenario
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 
-BASE = """\
-format = 1
-name = "t"
-seed = 3
-
-[topology]
-ram = "1GiB"
-
-[[device]]
-name = "gpu0"
-kind = "gpu"
-vram = "128MiB"
-
-[[device]]
-name = "nic0"
-kind = "nic"
-
-[[device]]
-name = "nic1"
-kind = "nic"
-
-[[buffer]]
-name = "act"
-exporter = "gpu0"
-size = "16MiB"
-
-[[buffer]]
-name = "sink"
-exporter = "system"
-size = "16MiB"
-
-[[import]]
-buffer = "act"
-device = "nic0"
-mode = "dynamic"
-
-[[import]]
-buffer = "sink"
-device = "nic1"
-mode = "pinned"
-
-[[stream]]
-name = "tx"
-device = "nic0"
-buffer = "act"
-peer = "nic1"
-peer_buffer = "sink"
-size = "1MiB"
-count = 4
-"""
+BASE = gpu_nic_scenario(name="t", seed=3, act_mode="dynamic", count=4, spaced=True)
 
 
 def test_small_example_parses_with_every_field() -> None:

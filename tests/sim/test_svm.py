@@ -8,69 +8,20 @@ import json
 import pytest
 
 from dmabuf.sim.report import strip_wall_times, to_json, validate_report
-from dmabuf.sim.runner import run_scenario
 from dmabuf.sim.scenario import ScenarioError, loads_scenario
+
+from .helpers import cmb_write_scenario, gpu_nic_scenario, run_toml
 
 MiB = 1 << 20
 PAGES_16M = (16 * MiB) // 4096
 
-SVM = """\
-format = 1
-name = "svm"
-seed = 7
-[topology]
-ram = "1GiB"
-[[device]]
-name = "gpu0"
-kind = "gpu"
-vram = "128MiB"
-[[device]]
-name = "nic0"
-kind = "nic"
-[[device]]
-name = "nic1"
-kind = "nic"
-[[buffer]]
-name = "act"
-exporter = "gpu0"
-size = "16MiB"
-[[buffer]]
-name = "sink"
-exporter = "system"
-size = "16MiB"
-[[import]]
-buffer = "act"
-device = "nic0"
-mode = "hmm"
-repr = "iova"
-[[import]]
-buffer = "sink"
-device = "nic1"
-mode = "pinned"
-[[stream]]
-name = "tx"
-device = "nic0"
-buffer = "act"
-direction = "read"
-peer = "nic1"
-peer_buffer = "sink"
-size = "1MiB"
-count = 24
-concurrency = 2
-[[event]]
-at = "100us"
-action = "evict"
-buffer = "act"
-[[event]]
-at = "400us"
-action = "restore"
-buffer = "act"
-"""
+SVM = gpu_nic_scenario(name="svm", seed=7, act_mode="hmm", act_repr="iova", direction="read",
+                       count=24, concurrency=2, events=(("100us", "evict"), ("400us", "restore")))
 
 
 @pytest.fixture(scope="module")
 def svm_report() -> dict:
-    return run_scenario(loads_scenario(SVM, path="svm.toml"))
+    return run_toml(SVM, "svm.toml")
 
 
 def _att(h: dict, buf: str) -> dict:
@@ -122,7 +73,7 @@ def test_svm_migrations_are_timed_copies_and_the_buffer_ends_in_ram(svm_report: 
 
 def test_svm_report_is_valid_and_reproducible(svm_report: dict) -> None:
     assert validate_report(json.loads(to_json(svm_report))) == []
-    again = run_scenario(loads_scenario(SVM, path="svm.toml"))
+    again = run_toml(SVM, "svm.toml")
     assert to_json(strip_wall_times(again)) == to_json(strip_wall_times(svm_report))
 
 
@@ -147,7 +98,7 @@ bytes = "48MiB"
 
 
 def test_vram_pressure_evicts_the_svm_bo_and_its_worker_migrates_the_range() -> None:
-    r = run_scenario(loads_scenario(PRESSURE, path="pressure.toml"))
+    r = run_toml(PRESSURE, "pressure.toml")
     assert r["ok"] is True
     (h,) = r["hosts"]
     (ev,) = h["events"]
@@ -162,55 +113,12 @@ def test_vram_pressure_evicts_the_svm_bo_and_its_worker_migrates_the_range() -> 
     assert h["streams"][0]["bytes_verified"] == 8 * MiB
 
 
-P2PMEM = """\
-format = 1
-seed = 5
-[topology]
-ram = "1GiB"
-[[device]]
-name = "nvme0"
-kind = "nvme"
-[[device]]
-name = "nic0"
-kind = "nic"
-[[device]]
-name = "nic1"
-kind = "nic"
-[[buffer]]
-name = "cmb"
-exporter = "nvme0"
-size = "4MiB"
-[[buffer]]
-name = "staging"
-exporter = "system"
-size = "4MiB"
-[[import]]
-buffer = "cmb"
-device = "{dev}"
-mode = "hmm"
-repr = "iova"
-[[import]]
-buffer = "staging"
-device = "{peer}"
-mode = "pinned"
-[[stream]]
-name = "w"
-device = "{dev}"
-buffer = "cmb"
-direction = "write"
-peer = "{peer}"
-peer_buffer = "staging"
-size = "1MiB"
-count = 8
-"""
-
-
 @pytest.mark.parametrize("dev, peer, map_type, iommu, used", [
     ("nic0", "nic1", "BUS_ADDR", False, "hmm_dma_map"),
     ("nic1", "nic0", "THRU_HOST_BRIDGE", True, "iova")])
 def test_hmm_mirror_of_p2pmem_is_peer_to_peer(dev: str, peer: str, map_type: str, iommu: bool,
                                              used: str) -> None:
-    r = run_scenario(loads_scenario(P2PMEM.format(dev=dev, peer=peer), path="p2pmem.toml"))
+    r = run_toml(cmb_write_scenario(dev, peer, mode="hmm", rep="iova"), "p2pmem.toml")
     assert r["ok"] is True and r["failures"] == []
     (h,) = r["hosts"]
     a = _att(h, "cmb")

@@ -78,7 +78,7 @@ from dmabuf.sim.fabric import Direction, FlowKind, Hop
 from dmabuf.sim.pci_fabric import PciFabric, fabric_from_topology
 from dmabuf.sim.scenario import KINDS, EventSpec, HostSpec, Scenario, StreamSpec
 from dmabuf.sim.svm import HmmImport, mr_access
-from dmabuf.sim.timing import FabricClock, FlowSpec, fabric_clock
+from dmabuf.sim.timing import FabricClock, FlowResult, FlowSpec, fabric_clock
 from dmabuf.sim.verify import BufferTruth, StreamChecksum, fill_bytes, page_digests
 from dmabuf.sync.dma_resv import DmaResvUsage
 from dmabuf.trace import TraceEvent
@@ -762,17 +762,7 @@ class HostRun:
             self._bad(state, i, f"RDMA into {dst!r} at {doff:#x}: {bad}")
             return
         self.truths[dst].update(doff, data)
-        state.checksum.add(i, data)
-        state.verified += st.size
-        state.transfers += 1
-        state.bytes += st.size
-        state.first = min(state.first, t_start)
-        state.last = max(state.last, res.end)
-        state.flows.append((t_start, res.end))
-        state.rate_sum += res.transfer_rate
-        self.done_bytes += st.size
-        if self.progress is not None:
-            self.progress(self.host.name, self.done_bytes, self.total_bytes)
+        self._account(state, res, t_start, (i, data))
 
     def _side(self, imp: Import, offset: int, length: int, write: bool,
               data: np.ndarray | None = None) -> tuple[np.ndarray | None, float]:
@@ -880,17 +870,7 @@ class HostRun:
         if unverifiable and dst is not None:
             self._unverifiable(state, i, dst[1], res, t_start)
             return
-        state.checksum.add(i, data)
-        state.verified += st.size
-        state.transfers += 1
-        state.bytes += st.size
-        state.first = min(state.first, t_start)
-        state.last = max(state.last, res.end)
-        state.flows.append((t_start, res.end))
-        state.rate_sum += res.transfer_rate
-        self.done_bytes += st.size
-        if self.progress is not None:
-            self.progress(self.host.name, self.done_bytes, self.total_bytes)
+        self._account(state, res, t_start, (i, data))
 
     def _nvme_commit(self, state: _StreamState, i: int, exp: Export, nvme: Any, off: int,
                      back: np.ndarray) -> bool:
@@ -962,17 +942,7 @@ class HostRun:
         except DmaBufError as e:
             self._bad(state, i, f"nvmet P2P write failed: {e}")
             return
-        state.checksum.add(i, back)
-        state.verified += st.size
-        state.transfers += 1
-        state.bytes += st.size
-        state.first = min(state.first, t_start)
-        state.last = max(state.last, res.end)
-        state.flows.append((t_start, res.end))
-        state.rate_sum += res.transfer_rate
-        self.done_bytes += st.size
-        if self.progress is not None:
-            self.progress(self.host.name, self.done_bytes, self.total_bytes)
+        self._account(state, res, t_start, (i, back))
 
     def _epoch(self, buffer: str) -> int:
         """Resets begun on the device exporting ``buffer`` (0 for other exporters)."""
@@ -986,6 +956,18 @@ class HostRun:
         st = state.spec
         self.notes.append(f"stream {st.name} #{i}: written into {buffer!r}, which a device "
                           "reset cleared before the read-back; not verified")
+        self._account(state, res, t_start)
+
+    def _account(self, state: _StreamState, res: FlowResult, t_start: float,
+                 verified: tuple[int, np.ndarray] | None = None) -> None:
+        """Book one finished transfer of ``state``'s stream: its bytes, its flow interval
+        (``t_start`` to the flow's end) and rate, the run's progress; with ``verified`` (the
+        transfer index and the bytes read back), also the stream's checksum and verified bytes.
+        """
+        st = state.spec
+        if verified is not None:
+            state.checksum.add(*verified)
+            state.verified += st.size
         state.transfers += 1
         state.bytes += st.size
         state.first = min(state.first, t_start)
