@@ -133,11 +133,31 @@ class DmaDev(Protocol):
     phys: PhysMemory
 
     def map_ranges(self, phys: np.ndarray, direction: int, *,
-                   mmio: bool = False) -> np.ndarray: ...
+                   mmio: bool = False) -> np.ndarray:
+        """Map CPU physical ranges for DMA by this device — ``dma_map_sgtable()``.
 
-    def unmap_ranges(self, dma: np.ndarray, direction: int) -> None: ...
+        Context: never blocks. Raises: DmaBufError(EREMOTEIO) when P2P is not supported on the
+        path, DmaBufError(EIO) when the mapping fails, DmaBufError(EINVAL) for malformed ranges,
+        ContractViolation for an invalid direction.
+        Kernel: kernel/dma/mapping.c, dma_map_sgtable() (dma_map_resource() when ``mmio``).
+        """
+        ...
 
-    def translate(self, dma: np.ndarray) -> np.ndarray: ...
+    def unmap_ranges(self, dma: np.ndarray, direction: int) -> None:
+        """Undo one :meth:`map_ranges` exactly — ``dma_unmap_sgtable()``.
+
+        Raises: ContractViolation for a list or direction that does not match a mapping.
+        Kernel: kernel/dma/mapping.c, dma_unmap_sgtable().
+        """
+        ...
+
+    def translate(self, dma: np.ndarray) -> np.ndarray:
+        """CPU physical ranges this device's DMA to ``dma`` reaches — ``iommu_iova_to_phys()``.
+
+        Raises: IommuFault for an address with no translation.
+        Kernel: drivers/iommu/iommu.c, iommu_iova_to_phys() (the IOMMU walk / bus decode).
+        """
+        ...
 
 
 @runtime_checkable
@@ -153,7 +173,13 @@ class DmaDevBusAddress(Protocol):
     (what ``dma_map_sgtable()`` records per segment).
     """
 
-    def bus_address_mask(self, dma: np.ndarray) -> np.ndarray: ...
+    def bus_address_mask(self, dma: np.ndarray) -> np.ndarray:
+        """Which DMA ranges are PCI bus addresses — ``sg_dma_is_bus_address()``.
+
+        Context: never blocks.
+        Kernel: include/linux/scatterlist.h, sg_dma_is_bus_address().
+        """
+        ...
 
 
 def dma_bus_address_mask(dev: DmaDev, dma: np.ndarray) -> np.ndarray:

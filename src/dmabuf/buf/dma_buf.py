@@ -205,7 +205,10 @@ class DmaBufOps:
             self._instance_ops[name] = fn
 
     def provides(self, member: str) -> bool:
-        """Whether ``member`` is provided — the kernel's ``ops->member != NULL``."""
+        """Whether ``member`` is provided — the kernel's ``ops->member != NULL``.
+
+        Model-only: the kernel tests ``ops->member != NULL`` inline; Python needs a helper.
+        """
         if member not in _ALL_OPS:
             raise ValueError(f"{member!r} is not a dma_buf_ops member")
         return member in type(self).provided or member in self._instance_ops
@@ -222,45 +225,96 @@ class DmaBufOps:
 
     # The base versions are never called: they only mark "not provided".
     def attach(self, dmabuf: DmaBuf, attach: DmaBufAttachment) -> None:
-        """Accept or reject ``attach`` (unlocked). Optional."""
+        """Accept or reject ``attach`` (unlocked). Optional.
+
+        Context: called without the dma_resv lock.
+        Kernel: include/linux/dma-buf.h, struct dma_buf_ops.attach.
+        """
 
     def detach(self, dmabuf: DmaBuf, attach: DmaBufAttachment) -> None:
-        """Forget ``attach`` (unlocked). Optional."""
+        """Forget ``attach`` (unlocked). Optional.
+
+        Context: called without the dma_resv lock.
+        Kernel: include/linux/dma-buf.h, struct dma_buf_ops.detach.
+        """
 
     def pin(self, attach: DmaBufAttachment) -> None:
-        """Pin the storage for ``attach`` (locked). Optional, with ``unpin``."""
+        """Pin the storage for ``attach`` (locked). Optional, with ``unpin``.
+
+        Context: called with the dma_resv lock held.
+        Kernel: include/linux/dma-buf.h, struct dma_buf_ops.pin.
+        """
 
     def unpin(self, attach: DmaBufAttachment) -> None:
-        """Unpin (locked). Optional, with ``pin``."""
+        """Unpin (locked). Optional, with ``pin``.
+
+        Context: called with the dma_resv lock held.
+        Kernel: include/linux/dma-buf.h, struct dma_buf_ops.unpin.
+        """
 
     def map_dma_buf(self, attach: DmaBufAttachment, direction: DmaDataDirection) -> MapResult:
-        """Map for ``attach.dev`` (locked). Mandatory."""
+        """Map for ``attach.dev`` (locked). Mandatory.
+
+        Context: called with the dma_resv lock held.
+        Raises: ContractViolation if the exporter does not override it (mandatory op).
+        Kernel: include/linux/dma-buf.h, struct dma_buf_ops.map_dma_buf.
+        """
         raise ContractViolation("dma_buf_ops.map_dma_buf", "map_dma_buf is mandatory")
 
     def unmap_dma_buf(self, attach: DmaBufAttachment, table: MapResult,
                       direction: DmaDataDirection) -> None:
-        """Unmap a table ``map_dma_buf`` returned (locked). Mandatory."""
+        """Unmap a table ``map_dma_buf`` returned (locked). Mandatory.
+
+        Context: called with the dma_resv lock held.
+        Raises: ContractViolation if the exporter does not override it (mandatory op).
+        Kernel: include/linux/dma-buf.h, struct dma_buf_ops.unmap_dma_buf.
+        """
         raise ContractViolation("dma_buf_ops.unmap_dma_buf", "unmap_dma_buf is mandatory")
 
     def release(self, dmabuf: DmaBuf) -> None:
-        """Last reference gone (unlocked). Mandatory."""
+        """Last reference gone (unlocked). Mandatory.
+
+        Context: called without the dma_resv lock, from the last dma_buf_put().
+        Raises: ContractViolation if the exporter does not override it (mandatory op).
+        Kernel: include/linux/dma-buf.h, struct dma_buf_ops.release.
+        """
         raise ContractViolation("dma_buf_ops.release", "release is mandatory")
 
     def begin_cpu_access(self, dmabuf: DmaBuf, direction: DmaDataDirection) -> None:
-        """Prepare CPU access (unlocked). Optional."""
+        """Prepare CPU access (unlocked). Optional.
+
+        Context: called without the dma_resv lock; may block.
+        Kernel: include/linux/dma-buf.h, struct dma_buf_ops.begin_cpu_access.
+        """
 
     def end_cpu_access(self, dmabuf: DmaBuf, direction: DmaDataDirection) -> None:
-        """Finish CPU access (unlocked). Optional."""
+        """Finish CPU access (unlocked). Optional.
+
+        Context: called without the dma_resv lock; may block.
+        Kernel: include/linux/dma-buf.h, struct dma_buf_ops.end_cpu_access.
+        """
 
     def mmap(self, dmabuf: DmaBuf, vma: Vma) -> None:
-        """Map into a user VMA (unlocked; range already checked). Optional."""
+        """Map into a user VMA (unlocked; range already checked). Optional.
+
+        Context: called without the dma_resv lock.
+        Kernel: include/linux/dma-buf.h, struct dma_buf_ops.mmap.
+        """
 
     def vmap(self, dmabuf: DmaBuf) -> Any:
-        """Kernel-virtual mapping (locked). Optional, with ``vunmap``."""
+        """Kernel-virtual mapping (locked). Optional, with ``vunmap``.
+
+        Context: called with the dma_resv lock held.
+        Kernel: include/linux/dma-buf.h, struct dma_buf_ops.vmap.
+        """
         return None
 
     def vunmap(self, dmabuf: DmaBuf, vmap: Any) -> None:
-        """Undo ``vmap`` (locked). Optional."""
+        """Undo ``vmap`` (locked). Optional.
+
+        Context: called with the dma_resv lock held.
+        Kernel: include/linux/dma-buf.h, struct dma_buf_ops.vunmap.
+        """
 
 
 class DmaBufAttachOps:
@@ -318,12 +372,20 @@ class DmaBufAttachOps:
         return self._fn is not None or self._has_invalidate
 
     def invalidate_mappings(self, attach: DmaBufAttachment) -> None:
-        """The importer's invalidation callback (resv held). Optional."""
+        """The importer's invalidation callback (resv held). Optional.
+
+        Context: called with the dma_resv lock held; must not block on fences.
+        Kernel: include/linux/dma-buf.h, struct dma_buf_attach_ops.invalidate_mappings (move_notify
+        before 7.1).
+        """
         if self._fn is not None:
             self._fn(attach)
 
     def move_notify(self, attach: DmaBufAttachment) -> None:
-        """Pre-7.1 name of :meth:`invalidate_mappings` (an alias)."""
+        """Pre-7.1 name of :meth:`invalidate_mappings` (an alias).
+
+        Kernel: include/linux/dma-buf.h, struct dma_buf_attach_ops.move_notify (pre-7.1).
+        """
         self.invalidate_mappings(attach)
 
     def __repr__(self) -> str:
@@ -348,7 +410,10 @@ class ExporterModule:
         self._lock = threading.Lock()
 
     def try_get(self) -> bool:
-        """``try_module_get()``: False once unloading started."""
+        """``try_module_get()``: False once unloading started.
+
+        Kernel: kernel/module/main.c, try_module_get().
+        """
         with self._lock:
             if not self.live:
                 return False
@@ -356,14 +421,21 @@ class ExporterModule:
             return True
 
     def put(self) -> None:
-        """``module_put()``."""
+        """``module_put()``.
+
+        Raises: ContractViolation on refcount underflow.
+        Kernel: kernel/module/main.c, module_put().
+        """
         with self._lock:
             if self.refcount <= 0:
                 raise ContractViolation("module_put", f"module {self.name} refcount underflow")
             self.refcount -= 1
 
     def unload(self) -> None:
-        """Begin unloading: later :meth:`try_get` calls fail."""
+        """Begin unloading: later :meth:`try_get` calls fail.
+
+        Kernel: kernel/module/main.c, delete_module() (the module enters MODULE_STATE_GOING).
+        """
         with self._lock:
             self.live = False
 
@@ -514,7 +586,10 @@ class DmaBufRegistry:
         self.fops = DmaBufFileOps()
 
     def next_ino(self) -> int:
-        """``atomic64_inc_return(&dmabuf_inode)``: unique per machine, from 1."""
+        """``atomic64_inc_return(&dmabuf_inode)``: unique per machine, from 1.
+
+        Kernel: drivers/dma-buf/dma-buf.c, dma_buf_getfile() (atomic64_inc_return(&dmabuf_inode)).
+        """
         with self._ino_lock:
             self._ino += 1
             return self._ino
@@ -529,7 +604,10 @@ class DmaBufRegistry:
                 self._list.remove(dmabuf)
 
     def buffers(self) -> list[DmaBuf]:
-        """A snapshot of the list, head first (most recently exported first), no references."""
+        """A snapshot of the list, head first (most recently exported first), no references.
+
+        Kernel: drivers/dma-buf/dma-buf.c, dmabuf_list (walked under dmabuf_list_mutex).
+        """
         with self.list_mutex:
             return list(self._list)
 
@@ -1041,6 +1119,9 @@ class DmaBuf:
         """A snapshot of the buffer: the fields fdinfo and bufinfo show, and more.
 
         Context: any; does not take the resv lock (fields may be mid-update).
+
+        Kernel: drivers/dma-buf/dma-buf.c, dma_buf_show_fdinfo() and the debugfs bufinfo dump (plus
+        model fields).
         """
         return {
             "ino": self.ino,
@@ -1351,11 +1432,17 @@ class DmaBufAttachment:
             self.dmabuf.resv.unlock()
 
     def detach(self) -> None:
-        """``dmabuf.detach(self)`` — ``dma_buf_detach()``."""
+        """``dmabuf.detach(self)`` — ``dma_buf_detach()``.
+
+        Kernel: drivers/dma-buf/dma-buf.c, dma_buf_detach().
+        """
         self.dmabuf.detach(self)
 
     def describe(self) -> dict[str, Any]:
-        """Snapshot: device, dynamic/static, p2p, revocable, live mappings, pins."""
+        """Snapshot: device, dynamic/static, p2p, revocable, live mappings, pins.
+
+        Model-only: introspection snapshot; the kernel has no such call.
+        """
         return {
             "dev": self.dev.name,
             "dynamic": self.is_dynamic,
@@ -1518,6 +1605,8 @@ def for_each_dma_buf(machine: Machine | None = None) -> Iterator[DmaBuf]:
 
     Built on :func:`dma_buf_iter_begin`/:func:`dma_buf_iter_next`; breaking out of the loop
     drops the current reference.
+
+    Kernel: drivers/dma-buf/dma-buf.c, dma_buf_iter_begin() / dma_buf_iter_next().
     """
     b = dma_buf_iter_begin(machine)
     try:

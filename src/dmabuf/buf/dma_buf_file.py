@@ -199,13 +199,19 @@ class DmaBufFileOps(FileOperations):
     mnt_id = 16
 
     def release(self, file: File) -> None:
-        """``dma_buf_file_release()``: take the buffer off the machine's list."""
+        """``dma_buf_file_release()``: take the buffer off the machine's list.
+
+        Kernel: drivers/dma-buf/dma-buf.c, dma_buf_file_release().
+        """
         from dmabuf.buf.dma_buf import _registry
         dmabuf = _dmabuf_of(file)
         _registry(dmabuf.machine)._del(dmabuf)
 
     def dentry_release(self, file: File) -> None:
-        """``dma_buf_release()``: the release checks, ``ops.release``, ``dma_resv_fini``."""
+        """``dma_buf_release()``: the release checks, ``ops.release``, ``dma_resv_fini``.
+
+        Kernel: drivers/dma-buf/dma-buf.c, dma_buf_release().
+        """
         _dmabuf_of(file)._release()
 
     def llseek(self, file: File, offset: int, whence: int) -> int:
@@ -659,12 +665,18 @@ class SyncFileFileOps(FileOperations):
     mnt_id = 17
 
     def release(self, file: File) -> None:
-        """``sync_file_release()``: drop the fence reference."""
+        """``sync_file_release()``: drop the fence reference.
+
+        Kernel: drivers/dma-buf/sync_file.c, sync_file_release().
+        """
         sf: SyncFile = file.private_data
         sf.close()
 
     def poll(self, file: File, events: int) -> int:
-        """``sync_file_poll()``: ``EPOLLIN`` when the fence has signalled, else 0."""
+        """``sync_file_poll()``: ``EPOLLIN`` when the fence has signalled, else 0.
+
+        Kernel: drivers/dma-buf/sync_file.c, sync_file_poll().
+        """
         sf: SyncFile = file.private_data
         return sf.poll() & (events | EPOLLERR)
 

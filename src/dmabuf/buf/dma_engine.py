@@ -86,12 +86,18 @@ class DmaFaultLog:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def append(self, fault: DmaFault) -> None:
-        """Record one fault (thread-safe)."""
+        """Record one fault (thread-safe).
+
+        Model-only: fault bookkeeping of the model's test hardware.
+        """
         with self._lock:
             self.records.append(fault)
 
     def clear(self) -> None:
-        """Forget every record."""
+        """Forget every record.
+
+        Model-only: fault bookkeeping of the model's test hardware.
+        """
         with self._lock:
             self.records.clear()
 
@@ -182,6 +188,8 @@ class DmaEngine:
             IommuFault: untranslated address, page not owned by ``owner``, or a direction
                 violation — logged before raising.
             DmaBufError(EINVAL): window outside the mapping.
+
+        Model-only: the model's test hardware; device DMA engines are not kernel code.
         """
         dma, direction = _dma_of(mapping)
         if offset != 0 or length is not None:
@@ -250,6 +258,8 @@ class DmaEngine:
         """Device reads memory (``DMA_TO_DEVICE`` traffic): gather the mapping's bytes.
 
         Returns: a new ``uint8`` array. Raises: see :meth:`resolve`.
+
+        Model-only: the model's test hardware; device DMA engines are not kernel code.
         """
         phys = self.resolve(mapping, owner=owner, op="read", offset=offset, length=length)
         out = self.dev.phys.read(phys)
@@ -263,6 +273,8 @@ class DmaEngine:
         Args:
             data: bytes-like or ndarray; its length is the window written from ``offset``.
         Raises: see :meth:`resolve`; DmaBufError(EINVAL) if data runs past the mapping.
+
+        Model-only: the model's test hardware; device DMA engines are not kernel code.
         """
         src = _as_u8(data)
         phys = self.resolve(mapping, owner=owner, op="write", offset=offset,
@@ -273,7 +285,10 @@ class DmaEngine:
 
     def fill(self, mapping: Mapping, byte: int, *, owner: Owner, offset: int = 0,
              length: int | None = None) -> None:
-        """Device memset: every byte of the window becomes ``byte``. Raises: see :meth:`resolve`."""
+        """Device memset: every byte of the window becomes ``byte``. Raises: see :meth:`resolve`.
+
+        Model-only: the model's test hardware; device DMA engines are not kernel code.
+        """
         phys = self.resolve(mapping, owner=owner, op="fill", offset=offset, length=length,
                             write=True)
         self.dev.phys.fill(phys, byte)
@@ -283,7 +298,10 @@ class DmaEngine:
 
     def checksum(self, mapping: Mapping, *, owner: Owner, offset: int = 0,
                  length: int | None = None) -> int:
-        """CRC-32 of the window as the device reads it (no copy). Raises: see :meth:`resolve`."""
+        """CRC-32 of the window as the device reads it (no copy). Raises: see :meth:`resolve`.
+
+        Model-only: the model's test hardware; device DMA engines are not kernel code.
+        """
         phys = self.resolve(mapping, owner=owner, op="checksum", offset=offset, length=length)
         crc = self.dev.phys.checksum(phys)
         self.bytes_read += int(phys["len"].sum(dtype=np.uint64)) if phys.size else 0
@@ -304,6 +322,8 @@ class DmaEngine:
             length: bytes (default: the whole source window).
             dst_offset, src_offset: byte offsets into each mapping.
         Raises: see :meth:`resolve`; DmaBufError(EINVAL) for windows of different lengths.
+
+        Model-only: the model's test hardware; device DMA engines are not kernel code.
         """
         if length is None:
             sdma, _ = _dma_of(src)
@@ -317,7 +337,10 @@ class DmaEngine:
         self.transfers += 1
 
     def describe(self) -> dict[str, Any]:
-        """Snapshot: device, counters, faults."""
+        """Snapshot: device, counters, faults.
+
+        Model-only: introspection snapshot of the model's test hardware.
+        """
         return {"device": self.dev.name, "transfers": self.transfers,
                 "bytes_read": self.bytes_read, "bytes_written": self.bytes_written,
                 "faults": len(self.faults)}

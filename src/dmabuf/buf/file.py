@@ -176,29 +176,53 @@ class FileOperations:
     mnt_id = 15
 
     def release(self, file: File) -> None:
-        """Last reference gone — ``f_op->release``. Default: nothing."""
+        """Last reference gone — ``f_op->release``. Default: nothing.
+
+        Kernel: include/linux/fs.h, struct file_operations.release.
+        """
 
     def dentry_release(self, file: File) -> None:
-        """After ``release``: ``dentry_operations.d_release``. Default: nothing."""
+        """After ``release``: ``dentry_operations.d_release``. Default: nothing.
+
+        Kernel: include/linux/dcache.h, struct dentry_operations.d_release.
+        """
 
     def llseek(self, file: File, offset: int, whence: int) -> int:
-        """``f_op->llseek``; the default is ``no_llseek``: ``-ESPIPE``."""
+        """``f_op->llseek``; the default is ``no_llseek``: ``-ESPIPE``.
+
+        Raises: DmaBufError(ESPIPE) in the default implementation (no_llseek).
+        Kernel: include/linux/fs.h, struct file_operations.llseek.
+        """
         raise DmaBufError(errno.ESPIPE, f"{self.name} files are not seekable")
 
     def mmap(self, file: File, vma: Any) -> Any:
-        """``f_op->mmap``; default ``-ENODEV`` (no mmap operation)."""
+        """``f_op->mmap``; default ``-ENODEV`` (no mmap operation).
+
+        Raises: DmaBufError(ENODEV) in the default implementation.
+        Kernel: include/linux/fs.h, struct file_operations.mmap.
+        """
         raise DmaBufError(errno.ENODEV, f"{self.name} files cannot be mmap()ed")
 
     def poll(self, file: File, events: int) -> int:
-        """``f_op->poll``; default :data:`DEFAULT_POLLMASK` (always ready)."""
+        """``f_op->poll``; default :data:`DEFAULT_POLLMASK` (always ready).
+
+        Kernel: include/linux/fs.h, struct file_operations.poll.
+        """
         return DEFAULT_POLLMASK
 
     def ioctl(self, file: File, cmd: int, arg: Any) -> Any:
-        """``f_op->unlocked_ioctl``; default ``-ENOTTY``."""
+        """``f_op->unlocked_ioctl``; default ``-ENOTTY``.
+
+        Raises: DmaBufError(ENOTTY) in the default implementation.
+        Kernel: include/linux/fs.h, struct file_operations.unlocked_ioctl.
+        """
         raise DmaBufError(errno.ENOTTY, f"ioctl {cmd:#x} is not supported by {self.name} files")
 
     def show_fdinfo(self, file: File) -> str:
-        """``f_op->show_fdinfo``: extra fdinfo lines; default none."""
+        """``f_op->show_fdinfo``: extra fdinfo lines; default none.
+
+        Kernel: include/linux/fs.h, struct file_operations.show_fdinfo.
+        """
         return ""
 
     @property
@@ -350,17 +374,26 @@ class File:
         return pos
 
     def mmap(self, vma: Any) -> Any:
-        """``mmap(2)`` on this file — ``call_mmap()``."""
+        """``mmap(2)`` on this file — ``call_mmap()``.
+
+        Kernel: include/linux/fs.h, call_mmap().
+        """
         self._check_open("mmap")
         return self.fops.mmap(self, vma)
 
     def poll(self, events: int) -> int:
-        """``poll(2)`` on this file (one ``vfs_poll()``): the ready events among ``events``."""
+        """``poll(2)`` on this file (one ``vfs_poll()``): the ready events among ``events``.
+
+        Kernel: include/linux/poll.h, vfs_poll().
+        """
         self._check_open("poll")
         return self.fops.poll(self, _check_int(events, "events"))
 
     def ioctl(self, cmd: int, arg: Any = None) -> Any:
-        """``ioctl(2)`` on this file — ``vfs_ioctl()``."""
+        """``ioctl(2)`` on this file — ``vfs_ioctl()``.
+
+        Kernel: fs/ioctl.c, vfs_ioctl().
+        """
         self._check_open("ioctl")
         return self.fops.ioctl(self, _check_int(cmd, "cmd"), arg)
 
@@ -377,7 +410,10 @@ class DelayedFput:
         self._tasks: list[Task] = []
 
     def schedule(self, file: File) -> None:
-        """Queue ``file``'s release on a worker thread of the machine's scheduler."""
+        """Queue ``file``'s release on a worker thread of the machine's scheduler.
+
+        Kernel: fs/file_table.c, fput() -> schedule_delayed_work(&delayed_fput_work).
+        """
         task = self.machine.sched.spawn(file._final, name=f"delayed_fput({file.fops.name})")
         with self._lock:
             self._tasks.append(task)
@@ -387,6 +423,8 @@ class DelayedFput:
 
         Raises: TimeoutError when a release does not finish within ``timeout`` seconds;
             re-raises the first exception a release raised.
+
+        Kernel: fs/file_table.c, flush_delayed_fput().
         """
         while True:
             with self._lock:
@@ -438,7 +476,10 @@ class FdTable:
         return len(self._files)
 
     def fds(self) -> list[int]:
-        """The open descriptor numbers, ascending."""
+        """The open descriptor numbers, ascending.
+
+        Model-only: lists the open descriptors, like ls /proc/self/fd.
+        """
         with self._lock:
             return sorted(self._files)
 
@@ -476,7 +517,11 @@ class FdTable:
         return fd
 
     def lookup(self, fd: int) -> File:
-        """The file behind ``fd`` *without* taking a reference (the caller must not keep it)."""
+        """The file behind ``fd`` *without* taking a reference (the caller must not keep it).
+
+        Raises: DmaBufError(EBADF) when ``fd`` is not open.
+        Kernel: fs/file.c, files_lookup_fd_raw() (no reference taken).
+        """
         fd = _check_int(fd, "fd")
         with self._lock:
             f = self._files.get(fd)
@@ -519,6 +564,8 @@ class FdTable:
         """Duplicate ``fd`` — ``dup(2)`` (``F_DUPFD_CLOEXEC`` with ``flags=O_CLOEXEC``).
 
         Raises: DmaBufError(EBADF / EMFILE).
+
+        Kernel: fs/file.c, ksys_dup() / f_dupfd().
         """
         f = self.fget(fd)
         try:
@@ -528,7 +575,10 @@ class FdTable:
             raise
 
     def is_cloexec(self, fd: int) -> bool:
-        """Whether ``fd`` has close-on-exec set (``FD_CLOEXEC``)."""
+        """Whether ``fd`` has close-on-exec set (``FD_CLOEXEC``).
+
+        Kernel: fs/file.c, close_on_exec().
+        """
         self.lookup(fd)
         return fd in self._cloexec
 
@@ -572,7 +622,10 @@ class FdTable:
         return new
 
     def close_all(self) -> None:
-        """Close every descriptor (process exit — ``exit_files()``)."""
+        """Close every descriptor (process exit — ``exit_files()``).
+
+        Kernel: kernel/exit.c, exit_files().
+        """
         with self._lock:
             files = [self._files[k] for k in sorted(self._files)]
             self._files.clear()
@@ -703,6 +756,8 @@ class ProcessTable:
             name: the process name.
             max_fds: its ``RLIMIT_NOFILE``.
         Returns: the new :class:`Process` (a fresh pid).
+
+        Model-only: creates a simulated process; the kernel's is fork()/clone().
         """
         return self._add(Process(self.machine, self._alloc_pid(), name, max_fds=max_fds))
 
@@ -733,7 +788,10 @@ class ProcessTable:
         return self._add(child)
 
     def find(self, pid: int) -> Process | None:
-        """The live process with ``pid`` — ``find_task_by_vpid()``; None if there is none."""
+        """The live process with ``pid`` — ``find_task_by_vpid()``; None if there is none.
+
+        Kernel: kernel/pid.c, find_task_by_vpid().
+        """
         with self._lock:
             return self._procs.get(pid)
 
@@ -752,6 +810,9 @@ def current_process(machine: Machine | None = None) -> Process:
 
     Args:
         machine: default the current machine.
+
+    Model-only: the model's stand-in for ``current`` (include/asm-generic/current.h), chosen per
+    thread.
     """
     m = machine if machine is not None else current_machine()
     p = _current_process.get()

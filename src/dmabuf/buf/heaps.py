@@ -150,7 +150,11 @@ class DmaHeapOps:
         return self._allocate is not None or type(self).allocate is not DmaHeapOps.allocate
 
     def allocate(self, heap: DmaHeap, length: int, fd_flags: int, heap_flags: int) -> DmaBuf:
-        """Allocate and export a buffer (see the class docstring)."""
+        """Allocate and export a buffer (see the class docstring).
+
+        Raises: ContractViolation when the heap has no allocate op.
+        Kernel: include/linux/dma-heap.h, struct dma_heap_ops.allocate.
+        """
         if self._allocate is None:
             raise ContractViolation("dma_heap_ops.allocate", "heap has no allocate op")
         return self._allocate(heap, length, fd_flags, heap_flags)
@@ -185,11 +189,17 @@ class DmaHeap:
         return f"/dev/dma_heap/{self.name}"
 
     def get_drvdata(self) -> Any:
-        """``dma_heap_get_drvdata()``: the heap's private data."""
+        """``dma_heap_get_drvdata()``: the heap's private data.
+
+        Kernel: drivers/dma-buf/dma-heap.c, dma_heap_get_drvdata().
+        """
         return self.priv
 
     def get_name(self) -> str:
-        """``dma_heap_get_name()``."""
+        """``dma_heap_get_name()``.
+
+        Kernel: drivers/dma-buf/dma-heap.c, dma_heap_get_name().
+        """
         return self.name
 
     # -- allocation -----------------------------------------------------------------------
@@ -295,6 +305,8 @@ class DmaHeapFileOps(FileOperations):
         Returns: 0; the new fd is written into ``arg`` (``fd`` field).
         Raises: DmaBufError(EINVAL): unknown command number or a failed check;
             DmaBufError(EFAULT): ``arg`` too short or not writable.
+
+        Kernel: drivers/dma-buf/dma-heap.c, dma_heap_ioctl().
         """
         heap: DmaHeap = file.private_data
         nr = cmd & _IOC_NRMASK
@@ -340,7 +352,12 @@ class DmaHeapRegistry:
         self._minors: set[int] = set()
 
     def add(self, name: str, ops: DmaHeapOps, priv: Any = None) -> DmaHeap:
-        """Register a heap — ``dma_heap_add()``; see :func:`dma_heap_add`."""
+        """Register a heap — ``dma_heap_add()``; see :func:`dma_heap_add`.
+
+        Raises: DmaBufError(EINVAL) for an empty name, invalid ops or a duplicate name;
+        DmaBufError(EBUSY) when every heap minor is taken.
+        Kernel: drivers/dma-buf/dma-heap.c, dma_heap_add().
+        """
         if not isinstance(name, str) or not name:
             raise DmaBufError(errno.EINVAL, "dma_heap_add: cannot add a heap without a name")
         if not isinstance(ops, DmaHeapOps) or not ops.has_allocate:
@@ -361,12 +378,18 @@ class DmaHeapRegistry:
         return heap
 
     def find(self, name: str) -> DmaHeap | None:
-        """The heap called ``name``, or None — ``dma_heap_find()``."""
+        """The heap called ``name``, or None — ``dma_heap_find()``.
+
+        Kernel: drivers/dma-buf/dma-heap.c, dma_heap_find().
+        """
         with self._lock:
             return self._heaps.get(name)
 
     def names(self) -> list[str]:
-        """Heap names, sorted — ``ls /dev/dma_heap``."""
+        """Heap names, sorted — ``ls /dev/dma_heap``.
+
+        Model-only: lists registered heaps, as ``ls /dev/dma_heap`` shows them.
+        """
         with self._lock:
             return sorted(self._heaps)
 
@@ -395,7 +418,10 @@ def dma_heap_add(name: str, ops: DmaHeapOps, priv: Any = None, *,
 
 
 def dma_heap_find(name: str, *, machine: Machine | None = None) -> DmaHeap | None:
-    """The heap called ``name`` on the machine, or None — ``dma_heap_find()``."""
+    """The heap called ``name`` on the machine, or None — ``dma_heap_find()``.
+
+    Kernel: drivers/dma-buf/dma-heap.c, dma_heap_find().
+    """
     m = machine if machine is not None else current_machine()
     return m.state(DmaHeapRegistry).find(name)
 
@@ -485,7 +511,11 @@ class SystemHeapBuffer:
         return self.blocks.copy()
 
     def free(self) -> None:
-        """Free the pages (poisoned) and the table — ``system_heap_dma_buf_release``."""
+        """Free the pages (poisoned) and the table — ``system_heap_dma_buf_release``.
+
+        Raises: ContractViolation when the buffer is freed twice.
+        Kernel: drivers/dma-buf/heaps/system_heap.c, system_heap_dma_buf_release().
+        """
         if self.freed:
             raise ContractViolation("system_heap_dma_buf_release", "buffer freed twice")
         self.freed = True
@@ -500,7 +530,10 @@ class SystemHeapOps(DmaBufOps):
     """
 
     def attach(self, dmabuf: DmaBuf, attach: DmaBufAttachment) -> None:
-        """``system_heap_attach()``: a private copy of the table for this importer."""
+        """``system_heap_attach()``: a private copy of the table for this importer.
+
+        Kernel: drivers/dma-buf/heaps/system_heap.c, system_heap_attach().
+        """
         buf: SystemHeapBuffer = dmabuf.priv
         a = _HeapAttachment(attach.dev, buf.sg_table.dup())
         attach.priv = a
@@ -513,6 +546,8 @@ class SystemHeapOps(DmaBufOps):
         Model choice: a table still DMA-mapped (the importer forgot to unmap; the core has
         WARNed) is unmapped before it is freed, so the device's bookkeeping stays exact; the
         kernel frees it and leaks the mapping.
+
+        Kernel: drivers/dma-buf/heaps/system_heap.c, system_heap_detach().
         """
         buf: SystemHeapBuffer = dmabuf.priv
         a: _HeapAttachment = attach.priv
@@ -523,7 +558,10 @@ class SystemHeapOps(DmaBufOps):
         a.table.free()
 
     def map_dma_buf(self, attach: DmaBufAttachment, direction: DmaDataDirection) -> SgTable:
-        """``system_heap_map_dma_buf()``: ``dma_map_sgtable(attach->dev, a->table, dir)``."""
+        """``system_heap_map_dma_buf()``: ``dma_map_sgtable(attach->dev, a->table, dir)``.
+
+        Kernel: drivers/dma-buf/heaps/system_heap.c, system_heap_map_dma_buf().
+        """
         a: _HeapAttachment = attach.priv
         a.table.map(attach.dev, direction)
         a.mapped = True
@@ -531,7 +569,10 @@ class SystemHeapOps(DmaBufOps):
 
     def unmap_dma_buf(self, attach: DmaBufAttachment, table: Any,
                       direction: DmaDataDirection) -> None:
-        """``system_heap_unmap_dma_buf()``."""
+        """``system_heap_unmap_dma_buf()``.
+
+        Kernel: drivers/dma-buf/heaps/system_heap.c, system_heap_unmap_dma_buf().
+        """
         a: _HeapAttachment = attach.priv
         a.mapped = False
         table.unmap(attach.dev, direction)
@@ -540,26 +581,37 @@ class SystemHeapOps(DmaBufOps):
         """``system_heap_dma_buf_begin_cpu_access()``: sync mapped attachments for the CPU.
 
         The model's memory is coherent: only the number of syncs is counted.
+
+        Kernel: drivers/dma-buf/heaps/system_heap.c, system_heap_dma_buf_begin_cpu_access().
         """
         buf: SystemHeapBuffer = dmabuf.priv
         with buf.lock:
             buf.cpu_syncs += sum(1 for a in buf.attachments if a.mapped)
 
     def end_cpu_access(self, dmabuf: DmaBuf, direction: DmaDataDirection) -> None:
-        """``system_heap_dma_buf_end_cpu_access()``: sync mapped attachments for the device."""
+        """``system_heap_dma_buf_end_cpu_access()``: sync mapped attachments for the device.
+
+        Kernel: drivers/dma-buf/heaps/system_heap.c, system_heap_dma_buf_end_cpu_access().
+        """
         buf: SystemHeapBuffer = dmabuf.priv
         with buf.lock:
             buf.cpu_syncs += sum(1 for a in buf.attachments if a.mapped)
 
     def mmap(self, dmabuf: DmaBuf, vma: Vma) -> None:
-        """``system_heap_mmap()``: map the pages from ``vma.pgoff`` (``remap_pfn_range``)."""
+        """``system_heap_mmap()``: map the pages from ``vma.pgoff`` (``remap_pfn_range``).
+
+        Kernel: drivers/dma-buf/heaps/system_heap.c, system_heap_mmap().
+        """
         buf: SystemHeapBuffer = dmabuf.priv
         start = vma.pgoff << PAGE_SHIFT
         length = min(vma.length, buf.len - start)
         vma.view = PhysView(buf.phys, slice_ranges(buf.blocks, start, length))
 
     def vmap(self, dmabuf: DmaBuf) -> PhysView:
-        """``system_heap_vmap()``: a kernel mapping of every page (refcounted)."""
+        """``system_heap_vmap()``: a kernel mapping of every page (refcounted).
+
+        Kernel: drivers/dma-buf/heaps/system_heap.c, system_heap_vmap().
+        """
         buf: SystemHeapBuffer = dmabuf.priv
         with buf.lock:
             if buf.vmap_cnt == 0:
@@ -569,7 +621,10 @@ class SystemHeapOps(DmaBufOps):
             return buf.vaddr
 
     def vunmap(self, dmabuf: DmaBuf, vmap: Any) -> None:
-        """``system_heap_vunmap()``."""
+        """``system_heap_vunmap()``.
+
+        Kernel: drivers/dma-buf/heaps/system_heap.c, system_heap_vunmap().
+        """
         buf: SystemHeapBuffer = dmabuf.priv
         with buf.lock:
             buf.vmap_cnt -= 1
@@ -578,7 +633,10 @@ class SystemHeapOps(DmaBufOps):
                 buf.vaddr = None
 
     def release(self, dmabuf: DmaBuf) -> None:
-        """``system_heap_dma_buf_release()``: free every page (poisoned) and the table."""
+        """``system_heap_dma_buf_release()``: free every page (poisoned) and the table.
+
+        Kernel: drivers/dma-buf/heaps/system_heap.c, system_heap_dma_buf_release().
+        """
         buf: SystemHeapBuffer = dmabuf.priv
         buf.free()
 

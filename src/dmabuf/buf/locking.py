@@ -181,6 +181,8 @@ def rule(symbol: str) -> LockingRule:
     """The row of ``symbol`` (``"dma_buf_map_attachment"``, ``"dma_buf_ops.pin"``).
 
     Raises: KeyError naming the symbol when the convention has no such row.
+
+    Model-only: lookup in the locking-convention table (dma-buf.c DOC: locking convention).
     """
     try:
         return _BY_SYMBOL[symbol]
@@ -189,7 +191,10 @@ def rule(symbol: str) -> LockingRule:
 
 
 def rules(kind: ResvRule | None = None, *, callbacks: bool | None = None) -> list[LockingRule]:
-    """Rows filtered by rule and by whether they are callbacks (None: either)."""
+    """Rows filtered by rule and by whether they are callbacks (None: either).
+
+    Model-only: lookup in the locking-convention table (dma-buf.c DOC: locking convention).
+    """
     return [r for r in LOCKING_CONVENTION
             if (kind is None or r.rule is kind)
             and (callbacks is None or r.is_callback == callbacks)]
@@ -200,7 +205,11 @@ def _held(machine: Machine, resv: Any) -> bool:
 
 
 def resv_lockdep_key(resv: Any) -> object:
-    """The object the lock tracker knows ``resv``'s lock by: its ww_mutex (``resv->lock``)."""
+    """The object the lock tracker knows ``resv``'s lock by: its ww_mutex (``resv->lock``).
+
+    Model-only: maps a resv to the key the model's lock tracker uses (the kernel's lockdep class of
+    resv->lock).
+    """
     return getattr(resv, "ww_mutex", resv)
 
 
@@ -246,6 +255,9 @@ def check_callback(symbol: str, machine: Machine, resv: Any) -> None:
     never in the exporter. Checks only with the lock tracker enabled.
 
     Raises: ContractViolation naming the callback.
+
+    Model-only: the kernel documents this convention in prose (dma-buf.c DOC: locking convention);
+    the model checks it.
     """
     if not machine.lockdep.enabled:
         return

@@ -94,6 +94,8 @@ def require_enabled(machine: Machine | None = None, what: str = "mapping types")
     """Raise unless the RFC extension is enabled on ``machine``; return the machine.
 
     Raises: DmaBufError(EOPNOTSUPP) when ``machine.state(MappingTypeConfig).enabled`` is False.
+
+    Model-only: the RFC extension is opt-in per machine in the model; the RFC itself has no switch.
     """
     m = machine if machine is not None else current_machine()
     if not m.state(MappingTypeConfig).enabled:
@@ -330,7 +332,10 @@ MAPPING_PAL = DmaBufMappingType("Physical Address List", None, _pal_finish)
 
 
 def imapping_sgt(importing_dma_device: DmaDev, accepts_p2p: bool = False) -> DmaBufMappingMatch:
-    """Importer's SGT offer — ``DMA_BUF_IMAPPING_SGT(dev, importer_accepts_p2p)``."""
+    """Importer's SGT offer — ``DMA_BUF_IMAPPING_SGT(dev, importer_accepts_p2p)``.
+
+    Kernel: drivers/dma-buf/dma-buf-mapping.c [RFC], DMA_BUF_IMAPPING_SGT().
+    """
     return DmaBufMappingMatch(MAPPING_SGT, None, SgtMatchData(
         importing_dma_device=importing_dma_device,
         importer_accepts_p2p=(DmaSgtP2p.IMPORTER_ACCEPTS_P2P if accepts_p2p
@@ -338,7 +343,10 @@ def imapping_sgt(importing_dma_device: DmaDev, accepts_p2p: bool = False) -> Dma
 
 
 def emapping_sgt(exp_ops: SgtExpOps) -> DmaBufMappingMatch:
-    """Exporter's SGT offer without P2P — ``DMA_BUF_EMAPPING_SGT(exp_ops)``."""
+    """Exporter's SGT offer without P2P — ``DMA_BUF_EMAPPING_SGT(exp_ops)``.
+
+    Kernel: drivers/dma-buf/dma-buf-mapping.c [RFC], DMA_BUF_EMAPPING_SGT().
+    """
     if not isinstance(exp_ops, SgtExpOps):
         raise TypeError("emapping_sgt needs SgtExpOps(map_dma_buf, unmap_dma_buf)")
     return DmaBufMappingMatch(MAPPING_SGT, exp_ops, SgtMatchData())
@@ -350,6 +358,8 @@ def emapping_sgt_p2p(exp_ops: SgtExpOps, p2p_device: Any,
 
     Matches only importers that accept P2P and for which ``p2p_distance(p2p_device,
     importing_dma_device) >= 0``.
+
+    Kernel: drivers/dma-buf/dma-buf-mapping.c [RFC], DMA_BUF_EMAPPING_SGT_P2P().
     """
     m = emapping_sgt(exp_ops)
     m.sgt_data.exporter_requires_p2p = DmaSgtP2p.EXPORTER_REQUIRES_P2P_DISTANCE
@@ -359,19 +369,28 @@ def emapping_sgt_p2p(exp_ops: SgtExpOps, p2p_device: Any,
 
 
 def imapping_pal() -> DmaBufMappingMatch:
-    """Importer's PAL offer — ``DMA_BUF_IMAPPING_PAL()`` (iommufd only, in the RFC)."""
+    """Importer's PAL offer — ``DMA_BUF_IMAPPING_PAL()`` (iommufd only, in the RFC).
+
+    Kernel: drivers/dma-buf/dma-buf-mapping.c [RFC], DMA_BUF_IMAPPING_PAL().
+    """
     return DmaBufMappingMatch(MAPPING_PAL)
 
 
 def emapping_pal(exp_ops: PalExpOps) -> DmaBufMappingMatch:
-    """Exporter's PAL offer — ``DMA_BUF_EMAPPING_PAL(exp_ops)``."""
+    """Exporter's PAL offer — ``DMA_BUF_EMAPPING_PAL(exp_ops)``.
+
+    Kernel: drivers/dma-buf/dma-buf-mapping.c [RFC], DMA_BUF_EMAPPING_PAL().
+    """
     if not isinstance(exp_ops, PalExpOps):
         raise TypeError("emapping_pal needs PalExpOps(map_phys, unmap_phys)")
     return DmaBufMappingMatch(MAPPING_PAL, exp_ops)
 
 
 def sgt_dma_device(attach: Any) -> DmaDev | None:
-    """The device to map for — ``dma_buf_sgt_dma_device(attach)`` (None unless SGT matched)."""
+    """The device to map for — ``dma_buf_sgt_dma_device(attach)`` (None unless SGT matched).
+
+    Kernel: drivers/dma-buf/dma-buf-mapping.c [RFC], dma_buf_sgt_dma_device().
+    """
     mt = getattr(attach, "map_type", None)
     if mt is None or mt.type is not MAPPING_SGT:
         return None
@@ -380,7 +399,10 @@ def sgt_dma_device(attach: Any) -> DmaDev | None:
 
 def sgt_p2p_allowed(attach: Any) -> bool:
     """Whether MMIO may go in the table — ``dma_buf_sgt_p2p_allowed(attach)``: true only when
-    an ``EXPORTER_REQUIRES_P2P_DISTANCE`` item matched."""
+    an ``EXPORTER_REQUIRES_P2P_DISTANCE`` item matched.
+
+    Kernel: drivers/dma-buf/dma-buf-mapping.c [RFC], dma_buf_sgt_p2p_allowed().
+    """
     mt = getattr(attach, "map_type", None)
     if mt is None or mt.type is not MAPPING_SGT:
         return False
@@ -491,6 +513,8 @@ def sgt_attach(dmabuf: Any, dev: DmaDev) -> Any:
     """Static SGT attach through the negotiation — ``dma_buf_sgt_attach(dmabuf, dev)`` [RFC].
 
     ``mapping_attach(dmabuf, [imapping_sgt(dev, accepts_p2p=False)])``.
+
+    Kernel: drivers/dma-buf/dma-buf-mapping.c [RFC], dma_buf_sgt_attach().
     """
     return mapping_attach(dmabuf, [imapping_sgt(dev, False)])
 
@@ -498,5 +522,8 @@ def sgt_attach(dmabuf: Any, dev: DmaDev) -> Any:
 def simple_sgt_exp_match(map_dma_buf: Callable[[Any, int], Any],
                          unmap_dma_buf: Callable[[Any, Any, int], None]) -> DmaBufMappingMatch:
     """``DMA_BUF_SIMPLE_SGT_EXP_MATCH(map, unmap)``: the ``single_exporter_match`` of a simple
-    SGT exporter without P2P (set it as ``single_exporter_match`` on the exporter's ops)."""
+    SGT exporter without P2P (set it as ``single_exporter_match`` on the exporter's ops).
+
+    Kernel: drivers/dma-buf/dma-buf-mapping.c [RFC], DMA_BUF_SIMPLE_SGT_EXP_MATCH().
+    """
     return emapping_sgt(SgtExpOps(map_dma_buf, unmap_dma_buf))

@@ -108,7 +108,10 @@ class PhysVec:
 
     @classmethod
     def contiguous(cls, addr: int, length: int) -> PhysVec:
-        """A one-range list ``[(addr, length)]`` (a whole BAR, a CMA block)."""
+        """A one-range list ``[(addr, length)]`` (a whole BAR, a CMA block).
+
+        Model-only: constructor of the model's phys_vec array.
+        """
         return cls._own(make_ranges([addr], [length]))
 
     # ------------------------------------------------------------------ views
@@ -152,16 +155,25 @@ class PhysVec:
 
     def kernel_nbytes(self, *, phys_list: bool = False) -> int:
         """Bytes the kernel spends on this list: ``16 * n``, plus the 8-byte
-        ``struct dma_buf_phys_list`` header when ``phys_list`` (the RFC's PAL type)."""
+        ``struct dma_buf_phys_list`` header when ``phys_list`` (the RFC's PAL type).
+
+        Model-only: memory-footprint arithmetic for benchmarks.
+        """
         return PHYS_VEC_BYTES * self.nr_ranges + (PHYS_LIST_HEADER_BYTES if phys_list else 0)
 
     def starts(self) -> np.ndarray:
-        """Byte offset of each range inside the buffer the list describes (uint64)."""
+        """Byte offset of each range inside the buffer the list describes (uint64).
+
+        Model-only: prefix sum over the model's phys_vec array.
+        """
         return range_starts(self._r)
 
     def aligned(self, align: int = PAGE_SIZE) -> bool:
         """True when every address and length is a multiple of ``align`` (vfio requires
-        PAGE_SIZE alignment of what it exports)."""
+        PAGE_SIZE alignment of what it exports).
+
+        Model-only: alignment check on the model's phys_vec array (vfio checks it inline).
+        """
         return ranges_aligned(self._r, align)
 
     # ------------------------------------------------------------------ iteration
@@ -174,6 +186,8 @@ class PhysVec:
         """Yield read-only sub-arrays of at most ``max_ranges`` ranges (batched hot-path walk).
 
         Raises: DmaBufError(EINVAL): ``max_ranges <= 0``.
+
+        Model-only: batched walk for numpy hot paths.
         """
         if isinstance(max_ranges, bool) or not isinstance(max_ranges, int) or max_ranges <= 0:
             raise DmaBufError(errno.EINVAL, "iter_chunks: max_ranges must be a positive int")
@@ -223,6 +237,9 @@ class PhysVec:
         """Every address shifted by ``delta`` (e.g. CPU physical → PCI bus address).
 
         Raises: DmaBufError(EOVERFLOW / EINVAL): a shifted range leaves 0..2^64.
+
+        Model-only: arithmetic on the model's phys_vec array (e.g. the CPU-to-bus offset of
+        pci_p2pdma_bus_addr_map()).
         """
         if isinstance(delta, bool) or not isinstance(delta, (int, np.integer)):
             raise TypeError("offset_by: delta must be an int")
@@ -263,7 +280,10 @@ class PhysVec:
         return f"PhysVec([{head}{more}], total={self.total_len:#x})"
 
     def describe(self) -> dict[str, Any]:
-        """Snapshot: number of ranges, total bytes, footprint, first and last range."""
+        """Snapshot: number of ranges, total bytes, footprint, first and last range.
+
+        Model-only: introspection snapshot; the kernel has no such call.
+        """
         return {
             "nr_ranges": self.nr_ranges,
             "total_len": self.total_len,
@@ -340,7 +360,10 @@ class PhysView:
                               f"the {self._len:#x}-byte mapping (SIGSEGV/SIGBUS)")
 
     def read(self, offset: int = 0, length: int | None = None) -> np.ndarray:
-        """Copy ``length`` bytes from ``offset`` out of the mapping (a new ``uint8`` array)."""
+        """Copy ``length`` bytes from ``offset`` out of the mapping (a new ``uint8`` array).
+
+        Model-only: load through the model's mapping object.
+        """
         if length is None:
             length = self._len - offset
         self._check(offset, length)
@@ -352,6 +375,8 @@ class PhysView:
         """Store ``data`` at ``offset`` through the mapping.
 
         Raises: DmaBufError(EFAULT): read-only mapping or out of bounds.
+
+        Model-only: store through the model's mapping object.
         """
         src = data if isinstance(data, np.ndarray) else np.frombuffer(
             memoryview(data).cast("B"), dtype=np.uint8)
@@ -363,7 +388,11 @@ class PhysView:
             self.phys.write(slice_ranges(self._r, offset, int(src.size)), src)
 
     def fill(self, byte: int, offset: int = 0, length: int | None = None) -> None:
-        """memset ``length`` bytes from ``offset`` to ``byte``."""
+        """memset ``length`` bytes from ``offset`` to ``byte``.
+
+        Raises: DmaBufError(EFAULT) through a read-only mapping (the kernel's SIGSEGV).
+        Model-only: memset through the model's mapping object.
+        """
         if length is None:
             length = self._len - offset
         self._check(offset, length)
@@ -373,7 +402,10 @@ class PhysView:
             self.phys.fill(slice_ranges(self._r, offset, length), byte)
 
     def tobytes(self) -> bytes:
-        """The whole mapping as bytes."""
+        """The whole mapping as bytes.
+
+        Model-only: load of the whole model mapping object.
+        """
         return self.read().tobytes()
 
     def __getitem__(self, key: int | slice) -> Any:
@@ -403,5 +435,8 @@ class PhysView:
         self.write(start, src)
 
     def close(self) -> None:
-        """Unmap (``vunmap``/``munmap``); idempotent."""
+        """Unmap (``vunmap``/``munmap``); idempotent.
+
+        Kernel: mm/vmalloc.c, vunmap() (or munmap(2) for a user view).
+        """
         self.closed = True

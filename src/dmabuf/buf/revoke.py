@@ -121,6 +121,9 @@ class Revoker:
         """Attach this helper to the buffer it guards (right after ``dma_buf_export``).
 
         Raises: ContractViolation("Revoker.bind"): already bound to another buffer.
+
+        Model-only: the kernel's revoke sequence is open-coded by each exporter (dma-buf.c DOC); the
+        model packages it as a helper.
         """
         if self.dmabuf is not None and self.dmabuf is not dmabuf:
             raise ContractViolation("Revoker.bind", "a Revoker guards one dma-buf")
@@ -165,7 +168,10 @@ class Revoker:
             self.live += 1
 
     def map_undo(self) -> None:
-        """Undo :meth:`map_get` when ``map_dma_buf`` fails after it."""
+        """Undo :meth:`map_get` when ``map_dma_buf`` fails after it.
+
+        Model-only: part of the model's revoke helper; exporters open-code it in the kernel.
+        """
         self.map_put(None)
 
     def map_put(self, attach: DmaBufAttachment | None) -> None:
@@ -258,6 +264,9 @@ class Revoker:
         self.machine.trace.emit("dma_buf_unrevoke", ino=buf.ino)
 
     def describe(self) -> dict[str, Any]:
-        """Snapshot: revoked, live mappings, statistics."""
+        """Snapshot: revoked, live mappings, statistics.
+
+        Model-only: introspection snapshot; the kernel has no such call.
+        """
         return {"revoked": self.revoked, "live": self.live, "revokes": self.revokes,
                 "timeouts": self.timeouts}

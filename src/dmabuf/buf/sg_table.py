@@ -439,6 +439,8 @@ class SgTable:
         """Yield ``(page, offset, length)`` of each CPU entry — ``for_each_sgtable_sg()``.
 
         Raises: ContractViolation("dma_buf_sg_page") for a DMA-only table (at the first step).
+
+        Kernel: include/linux/scatterlist.h, for_each_sgtable_sg().
         """
         self._check_live("for_each_sg")
         self._check_cpu("for_each_sg")
@@ -470,12 +472,17 @@ class SgTable:
         """Yield ``(dma_address, dma_len)`` per DMA entry — ``for_each_sgtable_dma_sg()``.
 
         Raises: ContractViolation("dma_map_sgtable") when not mapped.
+
+        Kernel: include/linux/scatterlist.h, for_each_sgtable_dma_sg().
         """
         r = self.dma_ranges()
         return zip(r["addr"].tolist(), r["len"].tolist(), strict=True)
 
     def dma_flags(self) -> np.ndarray:
-        """``sg_dma_flags`` of the DMA entries (``SG_DMA_BUS_ADDRESS``…), uint32, a copy."""
+        """``sg_dma_flags`` of the DMA entries (``SG_DMA_BUS_ADDRESS``…), uint32, a copy.
+
+        Kernel: include/linux/scatterlist.h, sg_dma_is_bus_address() / sg->dma_flags.
+        """
         self._check_live("dma_flags")
         return self._sg["dma_flags"][:self.nents].copy()
 
@@ -493,7 +500,10 @@ class SgTable:
 
     def kernel_nbytes(self) -> int:
         """Bytes the kernel allocates for this table: ``struct sg_table`` + scatterlist chunks
-        (``SG_MAX_SINGLE_ALLOC`` entries each, chain links counted)."""
+        (``SG_MAX_SINGLE_ALLOC`` entries each, chain links counted).
+
+        Model-only: memory-footprint arithmetic for benchmarks (sg_alloc_table() chunk sizes).
+        """
         return SG_TABLE_BYTES + SCATTERLIST_BYTES * _kernel_entries(int(self._sg.size))
 
     # ------------------------------------------------------------------ DMA mapping
@@ -620,6 +630,8 @@ class SgTable:
         Raises:
             ContractViolation("sg_free_table"): freed twice, or still DMA-mapped through
                 :meth:`map` (the mapping would leak: dma-debug reports it).
+
+        Kernel: lib/scatterlist.c, sg_free_table().
         """
         self._check_live("free")
         if self._mapping is not None:
@@ -643,7 +655,10 @@ class SgTable:
     # ------------------------------------------------------------------ describe
 
     def describe(self) -> dict[str, Any]:
-        """Snapshot: entry counts, sizes, footprints, DMA-only and mapping state."""
+        """Snapshot: entry counts, sizes, footprints, DMA-only and mapping state.
+
+        Model-only: introspection snapshot; the kernel has no such call.
+        """
         return {
             "orig_nents": self.orig_nents,
             "nents": self.nents,

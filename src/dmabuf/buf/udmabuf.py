@@ -145,7 +145,10 @@ class MemfdFileOps(FileOperations):
     mnt_id = 16
 
     def release(self, file: File) -> None:
-        """Last close: the inode goes (pages not pinned by a udmabuf are freed)."""
+        """Last close: the inode goes (pages not pinned by a udmabuf are freed).
+
+        Kernel: mm/shmem.c, shmem_evict_inode() (last close of the memfd).
+        """
         memfd: MemFd = file.private_data
         memfd.release()
 
@@ -252,6 +255,9 @@ def memfd_of(fd: int, *, machine: Machine | None = None) -> MemFd:
     """The :class:`MemFd` behind ``fd`` of the current process (no reference is kept).
 
     Raises: DmaBufError(EBADF): not open; DmaBufError(EINVAL): not a memfd.
+
+    Model-only: fd-to-memfd lookup of the current process (the kernel does fget() + shmem checks in
+    udmabuf_create()).
     """
     m = machine if machine is not None else current_machine()
     f = current_process(m).fds.lookup(fd)
@@ -327,7 +333,11 @@ class Udmabuf:
         return self.owners[0] if len(self.owners) == 1 else self.owners
 
     def unpin_all(self) -> None:
-        """Drop every pin (``unpin_all_folios``)."""
+        """Drop every pin (``unpin_all_folios``).
+
+        Raises: ContractViolation when the udmabuf was already released.
+        Kernel: drivers/dma-buf/udmabuf.c, unpin_all_folios().
+        """
         if self.released:
             raise ContractViolation("release_udmabuf", "udmabuf released twice")
         self.released = True
@@ -342,26 +352,38 @@ class UdmabufOps(DmaBufOps):
     """
 
     def attach(self, dmabuf: DmaBuf, attach: DmaBufAttachment) -> None:
-        """``udmabuf_attach()``: remember the attachment for CPU-access syncs."""
+        """``udmabuf_attach()``: remember the attachment for CPU-access syncs.
+
+        Kernel: drivers/dma-buf/udmabuf.c, udmabuf_attach().
+        """
         ubuf: Udmabuf = dmabuf.priv
         with ubuf.lock:
             ubuf.attachments.insert(0, attach)
 
     def detach(self, dmabuf: DmaBuf, attach: DmaBufAttachment) -> None:
-        """``udmabuf_detach()``."""
+        """``udmabuf_detach()``.
+
+        Kernel: drivers/dma-buf/udmabuf.c, udmabuf_detach().
+        """
         ubuf: Udmabuf = dmabuf.priv
         with ubuf.lock:
             ubuf.attachments.remove(attach)
 
     def map_dma_buf(self, attach: DmaBufAttachment, direction: DmaDataDirection) -> SgTable:
-        """``map_udmabuf()`` → ``get_sg_table()``: table from the pinned pages, dma-mapped."""
+        """``map_udmabuf()`` → ``get_sg_table()``: table from the pinned pages, dma-mapped.
+
+        Kernel: drivers/dma-buf/udmabuf.c, map_udmabuf().
+        """
         ubuf: Udmabuf = attach.dmabuf.priv
         t = SgTable.from_pages(ubuf.pages, size=ubuf.pagecount << PAGE_SHIFT)
         return t.map_or_free(attach.dev, direction)
 
     def unmap_dma_buf(self, attach: DmaBufAttachment, table: Any,
                       direction: DmaDataDirection) -> None:
-        """``unmap_udmabuf()`` → ``put_sg_table()``: unmap and free the table."""
+        """``unmap_udmabuf()`` → ``put_sg_table()``: unmap and free the table.
+
+        Kernel: drivers/dma-buf/udmabuf.c, unmap_udmabuf().
+        """
         table.unmap_and_free(attach.dev, direction)
 
     def begin_cpu_access(self, dmabuf: DmaBuf, direction: DmaDataDirection) -> None:
@@ -405,6 +427,8 @@ class UdmabufOps(DmaBufOps):
         """``mmap_udmabuf()``: shared mappings only; pages are the memfd's (zero copy).
 
         Raises: DmaBufError(EINVAL): a private (``MAP_PRIVATE``) mapping.
+
+        Kernel: drivers/dma-buf/udmabuf.c, mmap_udmabuf().
         """
         if not vma.shared:
             raise DmaBufError(errno.EINVAL, "udmabuf can only be mapped MAP_SHARED")
@@ -414,16 +438,25 @@ class UdmabufOps(DmaBufOps):
         vma.view = PhysView(ubuf.phys, slice_ranges(ubuf.pages, start, length))
 
     def vmap(self, dmabuf: DmaBuf) -> PhysView:
-        """``vmap_udmabuf()``: ``vm_map_ram`` of every page."""
+        """``vmap_udmabuf()``: ``vm_map_ram`` of every page.
+
+        Kernel: drivers/dma-buf/udmabuf.c, vmap_udmabuf().
+        """
         ubuf: Udmabuf = dmabuf.priv
         return PhysView(ubuf.phys, ubuf.pages)
 
     def vunmap(self, dmabuf: DmaBuf, vmap: Any) -> None:
-        """``vunmap_udmabuf()``."""
+        """``vunmap_udmabuf()``.
+
+        Kernel: drivers/dma-buf/udmabuf.c, vunmap_udmabuf().
+        """
         vmap.close()
 
     def release(self, dmabuf: DmaBuf) -> None:
-        """``release_udmabuf()``: free the driver's own table (if any), unpin every page."""
+        """``release_udmabuf()``: free the driver's own table (if any), unpin every page.
+
+        Kernel: drivers/dma-buf/udmabuf.c, release_udmabuf().
+        """
         ubuf: Udmabuf = dmabuf.priv
         sg, ubuf.sg = ubuf.sg, None
         if sg is not None:
@@ -488,7 +521,10 @@ class UdmabufDevice:
         self._lock = threading.Lock()
 
     def open(self, flags: int = O_RDWR | O_CLOEXEC) -> int:
-        """``open("/dev/udmabuf")`` in the current process; returns the fd."""
+        """``open("/dev/udmabuf")`` in the current process; returns the fd.
+
+        Kernel: drivers/dma-buf/udmabuf.c, the udmabuf misc device (open(2) of /dev/udmabuf).
+        """
         flags = _check_int(flags, "flags")
         f = File(self.fops, self, flags=flags & ~O_CLOEXEC, machine=self.machine)
         try:
@@ -534,7 +570,10 @@ class UdmabufDevice:
 
     def create_dmabuf(self, items: Sequence[tuple[int, int, int]], flags: int = 0) -> DmaBuf:
         """Like :meth:`create_list` but return the :class:`DmaBuf` instead of an fd (the
-        caller owns the one reference); for kernel-side users and tests."""
+        caller owns the one reference); for kernel-side users and tests.
+
+        Kernel: drivers/dma-buf/udmabuf.c, udmabuf_create() (returning the dma_buf, not the fd).
+        """
         return self._build(list(items))
 
     def _create(self, flags: int, items: list[tuple[int, int, int]]) -> int:
@@ -602,6 +641,9 @@ class UdmabufDevice:
 
 
 def udmabuf_device(machine: Machine | None = None) -> UdmabufDevice:
-    """The machine's ``/dev/udmabuf``."""
+    """The machine's ``/dev/udmabuf``.
+
+    Model-only: per-machine singleton standing in for the udmabuf_misc device.
+    """
     m = machine if machine is not None else current_machine()
     return m.state(UdmabufDevice)

@@ -349,11 +349,17 @@ class Accel(Device):
         """CPU physical (BAR) address of a device physical DRAM address.
 
         ``bar_address = dram_pci_bar_start + (device_addr - dram_base_address)``.
+
+        Model-only: device address arithmetic (DRAM offset + BAR base) the habanalabs driver
+        open-codes.
         """
         return self.dram_pci_bar_start + (device_addr - self.dram_base_address)
 
     def p2p_distance(self, dev: Any) -> int:
-        """``pci_p2pdma_distance(pdev, dev, verbose)``: -1 for non-PCI or unreachable importers."""
+        """``pci_p2pdma_distance(pdev, dev, verbose)``: -1 for non-PCI or unreachable importers.
+
+        Kernel: drivers/pci/p2pdma.c, pci_p2pdma_distance() (as called from habanalabs memory.c).
+        """
         name = getattr(dev, "name", None)
         if not isinstance(name, str) or not isinstance(dev, DmaDevice):
             return -1
@@ -543,6 +549,8 @@ class Accel(Device):
 
         Raises: IommuFault: no mapping covers the range (a device MMU page fault) or it leaves
             the DRAM; DmaBufError(EINVAL): length < 1.
+
+        Model-only: device-address-to-BAR translation the habanalabs export path open-codes.
         """
         addr = _int(addr, "addr")
         length = _int(length, "length")
@@ -579,6 +587,8 @@ class Accel(Device):
 
         The job resolves the address when it runs (a freed or unmapped range then fails the
         fence with ``-EFAULT``). Raises: DmaBufError(ENODEV): device removed.
+
+        Model-only: a device job standing in for work the accelerator's firmware runs.
         """
         buf = np.frombuffer(bytes(data), dtype=np.uint8) if not isinstance(data, np.ndarray) \
             else np.ascontiguousarray(data).view(np.uint8).reshape(-1).copy()
@@ -588,7 +598,10 @@ class Accel(Device):
         return self.submit(job, deps=deps, name="write_mem")
 
     def fill_mem(self, addr: int, byte: int, length: int) -> DmaFence:
-        """Queue a device memset of ``length`` bytes at ``addr``; return the job's fence."""
+        """Queue a device memset of ``length`` bytes at ``addr``; return the job's fence.
+
+        Model-only: a device job standing in for work the accelerator's firmware runs.
+        """
         def job() -> None:
             self.phys.fill(self._job_resolve("fill_mem", addr, length), byte)
         return self.submit(job, name="fill_mem")
@@ -599,6 +612,8 @@ class Accel(Device):
         Context: blocks until the job's fence signals (at most ``timeout`` seconds).
         Raises: DmaBufError(ETIMEDOUT); the job's error (``IommuFault`` -> EFAULT) as
             DmaBufError.
+
+        Model-only: a device job standing in for work the accelerator's firmware runs.
         """
         out: list[np.ndarray] = []
 
@@ -815,7 +830,10 @@ class Accel(Device):
             self._free_pack(p)
 
     def describe(self) -> dict[str, Any]:
-        """Snapshot: the device base's, plus DRAM layout, allocations, mappings and exports."""
+        """Snapshot: the device base's, plus DRAM layout, allocations, mappings and exports.
+
+        Model-only: introspection snapshot; the kernel has no such call.
+        """
         d = super().describe()
         with self._lock:
             d["dram"] = {"bar_start": self.dram_pci_bar_start, "bar_size": self.dram_pci_bar_size,

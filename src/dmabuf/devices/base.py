@@ -321,6 +321,8 @@ class WorkQueue:
         Args: timeout: seconds, None for no limit.
         Context: may block; do not call from a job body.
         Returns: True when idle, False on timeout.
+
+        Model-only: waits until the model's job queue drains (a drm_sched_wait_idle-style helper).
         """
         m = self.machine
         end = None if timeout is None else m.sched.now() + timeout
@@ -336,6 +338,8 @@ class WorkQueue:
         """Refuse new jobs, let the queued ones finish, and join the worker.
 
         Raises: DmaBufError(ETIMEDOUT): jobs still running after ``timeout`` seconds.
+
+        Kernel: drivers/gpu/drm/scheduler/sched_main.c, drm_sched_fini() (after draining the queue).
         """
         with self._lock:
             self._closed = True
@@ -356,7 +360,10 @@ class WorkQueue:
         return self._closed
 
     def describe(self) -> dict[str, Any]:
-        """Snapshot: context, seqno, pending, completed, failed, bug count."""
+        """Snapshot: context, seqno, pending, completed, failed, bug count.
+
+        Model-only: introspection snapshot; the kernel has no such call.
+        """
         return {"timeline": self.timeline_name, "context": self.context, "seqno": self._seqno,
                 "pending": self.pending, "completed": self.completed, "failed": self.failed,
                 "exceptions": len(self.exceptions)}
@@ -410,14 +417,21 @@ class Device:
     # ------------------------------------------------------------------ matching
     @classmethod
     def match(cls, pdev: PciDev) -> bool:
-        """Whether this driver drives ``pdev`` — the ``pci_device_id`` table match."""
+        """Whether this driver drives ``pdev`` — the ``pci_device_id`` table match.
+
+        Kernel: drivers/pci/pci-driver.c, pci_match_device() against the driver's pci_device_id
+        table.
+        """
         if cls.class_codes is None:
             return True
         return (pdev.class_code >> 16) in cls.class_codes
 
     @classmethod
     def match_text(cls) -> str:
-        """Human description of what :meth:`match` accepts (for error messages)."""
+        """Human description of what :meth:`match` accepts (for error messages).
+
+        Model-only: error-message text describing the driver's id table.
+        """
         if cls.class_codes is None:
             return "it matches any function"
         return "it matches PCI base class " + ", ".join(f"{c:#04x}" for c in cls.class_codes)
@@ -427,6 +441,8 @@ class Device:
         """The :class:`WorkQueue` of ``ring`` (default: the first ring).
 
         Raises: DmaBufError(EINVAL): unknown ring.
+
+        Model-only: ring lookup on the model's job queues (cf. a drm_gpu_scheduler per ring).
         """
         if ring is None:
             ring = self.rings[0]
@@ -442,13 +458,20 @@ class Device:
         """Queue a job on ``ring``; see :meth:`WorkQueue.submit`.
 
         Raises: DmaBufError(ENODEV): the device was removed; DmaBufError(EINVAL): unknown ring.
+
+        Kernel: drivers/gpu/drm/scheduler/sched_main.c, drm_sched_job_arm() +
+        drm_sched_entity_push_job() (in spirit).
         """
         self._check_alive("submit")
         return self.queue(ring).submit(fn, deps=deps, name=name, duration=duration,
                                        propagate_errors=propagate_errors)
 
     def wait_idle(self, timeout: float | None = None) -> bool:
-        """Wait until every ring is idle; False on timeout."""
+        """Wait until every ring is idle; False on timeout.
+
+        Model-only: waits on every ring of the model's job queues (cf. drm_sched_wait_idle, not in
+        mainline).
+        """
         m = self.machine
         end = None if timeout is None else m.sched.now() + timeout
         for q in self.queues.values():
@@ -467,26 +490,40 @@ class Device:
         """The device reads memory through DMA addresses (see :meth:`DmaEngine.read`).
 
         Raises: IommuFault: untranslated address or a page not owned by ``owner``.
+
+        Model-only: the device's DMA traffic is hardware behaviour (see DmaEngine).
         """
         return self.engine.read(mapping, owner=owner, offset=offset, length=length)
 
     def dma_write(self, mapping: Mapping, data: Any, *, owner: Owner, offset: int = 0) -> None:
-        """The device writes memory through DMA addresses (see :meth:`DmaEngine.write`)."""
+        """The device writes memory through DMA addresses (see :meth:`DmaEngine.write`).
+
+        Model-only: the device's DMA traffic is hardware behaviour (see DmaEngine).
+        """
         self.engine.write(mapping, data, owner=owner, offset=offset)
 
     def dma_fill(self, mapping: Mapping, byte: int, *, owner: Owner, offset: int = 0,
                  length: int | None = None) -> None:
-        """Device memset through DMA addresses (see :meth:`DmaEngine.fill`)."""
+        """Device memset through DMA addresses (see :meth:`DmaEngine.fill`).
+
+        Model-only: the device's DMA traffic is hardware behaviour (see DmaEngine).
+        """
         self.engine.fill(mapping, byte, owner=owner, offset=offset, length=length)
 
     def dma_checksum(self, mapping: Mapping, *, owner: Owner, offset: int = 0,
                      length: int | None = None) -> int:
-        """CRC-32 of the bytes the device reads via DMA (see :meth:`DmaEngine.checksum`)."""
+        """CRC-32 of the bytes the device reads via DMA (see :meth:`DmaEngine.checksum`).
+
+        Model-only: the device's DMA traffic is hardware behaviour (see DmaEngine).
+        """
         return self.engine.checksum(mapping, owner=owner, offset=offset, length=length)
 
     def dma_copy(self, dst: Mapping, src: Mapping, *, dst_owner: Owner, src_owner: Owner,
                  length: int | None = None) -> None:
-        """Device copy between two of its mappings (see :meth:`DmaEngine.copy`)."""
+        """Device copy between two of its mappings (see :meth:`DmaEngine.copy`).
+
+        Model-only: the device's DMA traffic is hardware behaviour (see DmaEngine).
+        """
         self.engine.copy(dst, src, dst_owner=dst_owner, src_owner=src_owner, length=length)
 
     def record_fault(self, op: str, exc: IommuFault, owner: Owner = None) -> IommuFault:
@@ -495,6 +532,8 @@ class Device:
         Appends to the engine's fault list and the machine's ``DmaFaultLog``, emits the
         ``dma_fault`` trace event, and returns ``exc`` for the caller to raise — the same
         bookkeeping :class:`DmaEngine` does for transfers through DMA addresses.
+
+        Model-only: fault log of device-local paths, standing in for the device's error reporting.
         """
         rec = DmaFault(self.name, op, exc.dma_addr, exc.strerror or str(exc),
                        self.machine.sched.now(), owner)
@@ -520,6 +559,8 @@ class Device:
 
         Context: may block (waits for queued jobs, at most ``REMOVE_TIMEOUT`` s per ring).
         Raises: DmaBufError(ETIMEDOUT): a ring did not drain.
+
+        Kernel: include/linux/pci.h, struct pci_driver.remove.
         """
         if self._removed:
             return
@@ -539,7 +580,10 @@ class Device:
         return self._removed
 
     def describe(self) -> dict[str, Any]:
-        """Snapshot: identity, DMA view, queues, engine counters."""
+        """Snapshot: identity, DMA view, queues, engine counters.
+
+        Model-only: introspection snapshot; the kernel has no such call.
+        """
         return {"name": self.name, "bdf": self.bdf, "driver": self.driver_name,
                 "dma": self.dma.describe(), "engine": self.engine.describe(),
                 "queues": {n: q.describe() for n, q in self.queues.items()},
@@ -550,5 +594,8 @@ class Device:
 
 
 def fence_deps(fences: Sequence[DmaFence | None]) -> tuple[DmaFence, ...]:
-    """The non-None fences of ``fences`` (helper for building dependency lists)."""
+    """The non-None fences of ``fences`` (helper for building dependency lists).
+
+    Model-only: list helper for building a job's dependency fences.
+    """
     return tuple(f for f in fences if f is not None)

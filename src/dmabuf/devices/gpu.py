@@ -220,6 +220,9 @@ class GpuBo:
         """CPU physical (BAR) addresses of the BO's VRAM pages — ``aper_base + vram offset``.
 
         Raises: DmaBufError(EINVAL): not in VRAM, or not entirely in the visible window.
+
+        Kernel: drivers/gpu/drm/amd/amdgpu/amdgpu_vram_mgr.c, amdgpu_vram_mgr_alloc_sgt() (aper_base
+        + VRAM offset).
         """
         if not self.in_vram:
             raise DmaBufError(errno.EINVAL, f"{self!r} is not in VRAM")
@@ -229,19 +232,28 @@ class GpuBo:
         """The CPU physical ranges the BO's bytes are reachable at (GTT pages or BAR window).
 
         Raises: DmaBufError(EINVAL): in invisible VRAM (fault it in with a CPU mapping first).
+
+        Model-only: where the BO's bytes live in the model's physical memory (GTT pages or the BAR
+        window).
         """
         if self.mem_type is TtmPl.TT:
             return self.pages.copy()
         return self.bar_ranges()
 
     def placement(self) -> _Placement:
-        """Snapshot of the current placement (for a job queued now)."""
+        """Snapshot of the current placement (for a job queued now).
+
+        Kernel: include/drm/ttm/ttm_bo.h, ttm_buffer_object.resource (mem_type and start).
+        """
         return _Placement(self.mem_type, self.pages,
                           None if self.gpu_dma is None else self.gpu_dma, self.owner)
 
     # ------------------------------------------------------------------ lifetime
     def get(self) -> GpuBo:
-        """Take a reference — ``drm_gem_object_get()``."""
+        """Take a reference — ``drm_gem_object_get()``.
+
+        Kernel: include/drm/drm_gem.h, drm_gem_object_get().
+        """
         self._check_alive("get")
         self._refcount += 1
         return self
@@ -251,6 +263,8 @@ class GpuBo:
 
         Freeing waits for every fence of the resv (TTM's delayed destroy), then frees (and
         poisons) the pages. Context: may block; must not hold the resv.
+
+        Kernel: include/drm/drm_gem.h, drm_gem_object_put().
         """
         self._check_alive("put")
         self._refcount -= 1
@@ -267,7 +281,10 @@ class GpuBo:
             raise ContractViolation("amdgpu_bo", f"{what} on freed {self!r} (use after free)")
 
     def describe(self) -> dict[str, Any]:
-        """Snapshot: size, placement, domains, pins, moves, export state."""
+        """Snapshot: size, placement, domains, pins, moves, export state.
+
+        Model-only: introspection snapshot; the kernel has no such call.
+        """
         return {"name": self.name, "size": self.size, "mem_type": self.mem_type.name,
                 "visible": self.visible if self.in_vram else None,
                 "preferred": self.preferred_domains.name, "allowed": self.allowed_domains.name,
@@ -327,19 +344,28 @@ class GpuBoMapping:
         return slice_ranges(cpu, self.offset + offset, length)
 
     def read(self, offset: int = 0, length: int | None = None) -> np.ndarray:
-        """Copy ``length`` bytes at ``offset`` out of the mapping (a CPU load)."""
+        """Copy ``length`` bytes at ``offset`` out of the mapping (a CPU load).
+
+        Model-only: CPU load through the model's BO mapping object.
+        """
         if length is None:
             length = self.length - offset
         return self.bo.gpu.phys.read(self._ranges(offset, length))
 
     def write(self, offset: int, data: Any) -> None:
-        """Store ``data`` at ``offset`` (a CPU store)."""
+        """Store ``data`` at ``offset`` (a CPU store).
+
+        Model-only: CPU store through the model's BO mapping object.
+        """
         arr = np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8) \
             if not isinstance(data, np.ndarray) else np.ascontiguousarray(data).view(np.uint8)
         self.bo.gpu.phys.write(self._ranges(offset, int(arr.size)), arr)
 
     def tobytes(self) -> bytes:
-        """The whole window as bytes."""
+        """The whole window as bytes.
+
+        Model-only: CPU load of the whole model BO mapping object.
+        """
         return bytes(self.read())
 
 
@@ -679,7 +705,10 @@ class Gpu(Device):
         return bo
 
     def free_bo(self, bo: GpuBo) -> None:
-        """Drop the allocation's reference — ``amdgpu_bo_unref()`` (see :meth:`GpuBo.put`)."""
+        """Drop the allocation's reference — ``amdgpu_bo_unref()`` (see :meth:`GpuBo.put`).
+
+        Kernel: drivers/gpu/drm/amd/amdgpu/amdgpu_object.c, amdgpu_bo_unref().
+        """
         self._check_bo(bo)
         bo.put()
 
@@ -863,6 +892,8 @@ class Gpu(Device):
         Raises: DmaBufError(ENOMEM): ``nbytes`` cannot be freed (pinned or busy BOs remain);
             DmaBufError(EINVAL): ``nbytes`` <= 0.
         Context: may block.
+
+        Kernel: drivers/gpu/drm/amd/amdgpu/amdgpu_ttm.c, amdgpu_ttm_evict_resources().
         """
         self._check_alive("evict_vram")
         if nbytes is not None:
@@ -945,6 +976,8 @@ class Gpu(Device):
         """Pin a BO into ``domain`` (driver-internal users: scanout…) — ``amdgpu_bo_pin()``.
 
         Context: takes the resv; may block. Raises: DmaBufError(EINVAL/ENOMEM).
+
+        Kernel: drivers/gpu/drm/amd/amdgpu/amdgpu_object.c, amdgpu_bo_pin().
         """
         self._check_bo(bo)
         bo.resv.lock(None)
@@ -954,7 +987,10 @@ class Gpu(Device):
             bo.resv.unlock()
 
     def unpin(self, bo: GpuBo) -> None:
-        """Undo :meth:`pin` — ``amdgpu_bo_unpin()``. Context: takes the resv."""
+        """Undo :meth:`pin` — ``amdgpu_bo_unpin()``. Context: takes the resv.
+
+        Kernel: drivers/gpu/drm/amd/amdgpu/amdgpu_object.c, amdgpu_bo_unpin().
+        """
         self._check_bo(bo)
         bo.resv.lock(None)
         try:
@@ -969,6 +1005,8 @@ class Gpu(Device):
 
         Context: takes the resv; may block (evictions; ``wait`` waits for the move).
         Raises: DmaBufError(ENOMEM): no room; DmaBufError(EINVAL): pinned elsewhere.
+
+        Kernel: drivers/gpu/drm/ttm/ttm_bo.c, ttm_bo_validate().
         """
         self._check_alive("validate")
         self._check_bo(bo)
@@ -1316,7 +1354,10 @@ class Gpu(Device):
             return list(self._lru.values())
 
     def remove(self) -> None:
-        """Unbind the GPU: drain the rings, free remaining BOs, release the P2P provider state."""
+        """Unbind the GPU: drain the rings, free remaining BOs, release the P2P provider state.
+
+        Kernel: drivers/gpu/drm/amd/amdgpu/amdgpu_drv.c, amdgpu_pci_remove().
+        """
         if self.removed:
             return
         try:
@@ -1331,7 +1372,10 @@ class Gpu(Device):
                 p2pdma.pci_p2pdma_release(self.pdev)
 
     def describe(self) -> dict[str, Any]:
-        """Snapshot: the base fields plus VRAM/GTT usage, BOs and evictions."""
+        """Snapshot: the base fields plus VRAM/GTT usage, BOs and evictions.
+
+        Model-only: introspection snapshot (the kernel shows similar data in amdgpu debugfs).
+        """
         d = super().describe()
         d.update({"vram_size": self.vram_size, "visible_vram_size": self.visible_vram_size,
                   "vram_free": self.vram_free, "gtt_size": self.gtt_size,

@@ -566,7 +566,10 @@ class Mirror:
         return out
 
     def dev_stats(self, n: int) -> None:
-        """Count device bytes moved."""
+        """Count device bytes moved.
+
+        Model-only: a byte counter for tests (lib/test_hmm.c counts pages, not bytes).
+        """
         self.stats["dma_bytes"] += n
 
     def read(self, addr: int, length: int) -> np.ndarray:
@@ -591,7 +594,10 @@ class Mirror:
         self._access(addr, int(src.size), True, src.reshape(-1))
 
     def mirrored(self) -> np.ndarray:
-        """Mask of pages currently valid in the device page table."""
+        """Mask of pages currently valid in the device page table.
+
+        Model-only: introspection of dmirror's page-table xarray (lib/test_hmm.c, dmirror->pt).
+        """
         return (self.dmap.pfn_list & _VALID) != 0
 
     # ------------------------------------------------------------------ migration
@@ -715,7 +721,10 @@ class HmmMirror(Device):
             memremap_pages(self.phys, self.pgmap)
 
     def remap_types(self, paddrs: np.ndarray) -> np.ndarray:
-        """ZONE_DEVICE type of each physical address (0: ordinary)."""
+        """ZONE_DEVICE type of each physical address (0: ordinary).
+
+        Kernel: include/linux/memremap.h, page_pgmap(page)->type, vectorised.
+        """
         return memremap_registry(self.phys).types(paddrs)
 
     def mirror(self, mm: MmStruct, start: int, length: int) -> Mirror:
@@ -815,13 +824,20 @@ class HmmMirror(Device):
         return 0
 
     def remove(self) -> None:
-        """Close every mirror, then the base teardown (device memory stays registered)."""
+        """Close every mirror, then the base teardown (device memory stays registered).
+
+        Model-only: driver unbind of the modelled dmirror device (lib/test_hmm.c tears down in
+        hmm_dmirror_exit(), which also frees device memory).
+        """
         for mr in list(self.mirrors):
             mr.close()
         super().remove()
 
     def describe(self) -> dict[str, Any]:
-        """Snapshot: mirrors, device memory, migrations."""
+        """Snapshot: mirrors, device memory, migrations.
+
+        Model-only: introspection snapshot; the kernel has no such call.
+        """
         d = super().describe()
         d.update({"mirrors": [repr(m) for m in self.mirrors],
                   "devmem": None if self.pgmap is None else self.pgmap.describe(),

@@ -240,7 +240,13 @@ class Ioas:
         return None
 
     def check_iova(self, iova: int, length: int) -> None:
-        """``iopt_check_iova()``: alignment, overflow, reserved ranges, existing areas."""
+        """``iopt_check_iova()``: alignment, overflow, reserved ranges, existing areas.
+
+        Raises: DmaBufError(EINVAL) for an unaligned IOVA or one hitting a reserved range,
+        DmaBufError(EOVERFLOW) when the range wraps, DmaBufError(EEXIST) when it overlaps an
+        existing area.
+        Kernel: drivers/iommu/iommufd/io_pagetable.c, iopt_check_iova().
+        """
         if iova % PAGE_SIZE:
             raise DmaBufError(errno.EINVAL, f"IOVA {iova:#x} is not aligned to the IOAS's "
                               f"{PAGE_SIZE:#x} alignment")
@@ -258,6 +264,8 @@ class Ioas:
         """``iopt_alloc_iova()``: first fit, aligned as the module docstring says.
 
         Raises: DmaBufError(EINVAL): length not a page multiple; DmaBufError(ENOSPC): full.
+
+        Kernel: drivers/iommu/iommufd/io_pagetable.c, iopt_alloc_iova().
         """
         if not length or length % PAGE_SIZE:
             raise DmaBufError(errno.EINVAL, f"length {length:#x} must be a non-zero multiple "
@@ -278,7 +286,10 @@ class Ioas:
         return iova
 
     def describe(self) -> dict[str, Any]:
-        """Snapshot: areas, domains, reserved ranges."""
+        """Snapshot: areas, domains, reserved ranges.
+
+        Model-only: introspection snapshot; the kernel has no such call.
+        """
         return {"id": self.id,
                 "areas": [{"iova": a.iova, "length": a.length, "prot": a.prot,
                            "dmabuf_ino": a.pages.dmabuf.ino, "revoked": a.pages.revoked,
@@ -339,7 +350,10 @@ class IommufdCtx:
         return obj
 
     def ioas(self, ioas_id: int) -> Ioas:
-        """The IOAS object ``ioas_id``. Raises: DmaBufError(ENOENT)."""
+        """The IOAS object ``ioas_id``. Raises: DmaBufError(ENOENT).
+
+        Kernel: drivers/iommu/iommufd/iommufd_private.h, iommufd_get_ioas().
+        """
         return self._get(ioas_id, Ioas, "IOAS")
 
     def ioas_alloc(self) -> int:
@@ -737,7 +751,10 @@ class IommufdCtx:
             self._objects.pop(obj_id, None)
 
     def close(self) -> None:
-        """Release the file — ``iommufd_fops_release()``: destroy every object. Idempotent."""
+        """Release the file — ``iommufd_fops_release()``: destroy every object. Idempotent.
+
+        Kernel: drivers/iommu/iommufd/main.c, iommufd_fops_release().
+        """
         if self._closed:
             return
         for oid, obj in sorted(self._objects.items()):
@@ -755,7 +772,10 @@ class IommufdCtx:
         self.close()
 
     def describe(self) -> dict[str, Any]:
-        """Snapshot of every object."""
+        """Snapshot of every object.
+
+        Model-only: introspection snapshot; the kernel has no such call.
+        """
         out: dict[str, Any] = {"ioas": [], "hwpt": [], "devices": []}
         for obj in list(self._objects.values()):
             if isinstance(obj, Ioas):

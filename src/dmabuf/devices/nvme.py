@@ -179,6 +179,8 @@ class P2pmemAllocateFile:
         """Unmap every user mapping of this file — ``pci_p2pdma_unmap_mappings`` (devm action).
 
         The VMAs stay (accesses then fault with SIGBUS, as on a real kernel after unbind).
+
+        Kernel: drivers/pci/p2pdma.c, pci_p2pdma_unmap_mappings().
         """
         for mm in self._mms:
             for vma in list(mm.vmas):
@@ -226,6 +228,8 @@ class P2pmemSysfs:
 
         Raises: DmaBufError(ENOENT): unknown attribute; DmaBufError(EIO): ``allocate`` (a bin
             file that only supports mmap — read returns an error in the kernel as well).
+
+        Kernel: drivers/pci/p2pdma.c, size_show() / available_show() / published_show().
         """
         if name == "allocate":
             raise DmaBufError(errno.EIO, "p2pmem/allocate can only be mmapped")
@@ -260,11 +264,17 @@ class MediaStore:
         self.data = np.zeros(size, dtype=np.uint8)
 
     def read(self, offset: int, length: int) -> np.ndarray:
-        """A view of ``[offset, offset + length)``."""
+        """A view of ``[offset, offset + length)``.
+
+        Model-only: the NVMe medium is hardware; this is its storage.
+        """
         return self.data[offset:offset + length]
 
     def write(self, offset: int, data: np.ndarray) -> None:
-        """Store ``data`` at ``offset``."""
+        """Store ``data`` at ``offset``.
+
+        Model-only: the NVMe medium is hardware; this is its storage.
+        """
         self.data[offset:offset + data.size] = data
 
 
@@ -311,7 +321,10 @@ class BlockDevice:
         return self.media.size
 
     def blk_queue_pci_p2pdma(self) -> bool:
-        """``blk_queue_pci_p2pdma(q)``: does the queue take P2PDMA pages?"""
+        """``blk_queue_pci_p2pdma(q)``: does the queue take P2PDMA pages?
+
+        Kernel: include/linux/blkdev.h, blk_queue_pci_p2pdma().
+        """
         return bool(self.features & BlkFeat.PCI_P2PDMA)
 
     # ------------------------------------------------------------------ O_DIRECT
@@ -606,7 +619,10 @@ class Nvme(Device):
                     pci_p2pdma_release(self.pdev)
 
     def describe(self) -> dict[str, Any]:
-        """Snapshot: device, disk, CMB."""
+        """Snapshot: device, disk, CMB.
+
+        Model-only: introspection snapshot; the kernel has no such call.
+        """
         d = super().describe()
         d.update({"disk": self.disk.name, "namespace_size": self.disk.capacity,
                   "cmb": {"bar": self.cmb_bar, "size": self.cmb_size,

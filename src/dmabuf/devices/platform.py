@@ -164,7 +164,10 @@ class Platform:
     # ------------------------------------------------------------------ construction helpers
     @classmethod
     def default(cls, **kwargs: Any) -> Platform:
-        """A platform on the embedded reference fabric (spec p2p §6.2); kwargs: constructor."""
+        """A platform on the embedded reference fabric (spec p2p §6.2); kwargs: constructor.
+
+        Model-only: builds the modelled computer on the project's reference fabric.
+        """
         return cls(None, **kwargs)
 
     def _numa_nodes(self) -> list[int]:
@@ -192,6 +195,8 @@ class Platform:
         """The PCI function called ``ref`` (name or BDF) — ``pci_get_domain_bus_and_slot()``.
 
         Raises: DmaBufError(ENODEV): unknown (the message lists candidates).
+
+        Kernel: drivers/pci/search.c, pci_get_domain_bus_and_slot().
         """
         return self.topology.device(ref)
 
@@ -199,6 +204,8 @@ class Platform:
         """The DMA view (``struct device``) of the function ``ref`` (name or BDF).
 
         Raises: DmaBufError(ENODEV): unknown function.
+
+        Model-only: lookup of a function's struct device (DMA view) in the modelled computer.
         """
         return self._dma[self.topology.device(ref).bdf]
 
@@ -208,7 +215,10 @@ class Platform:
         return dict(self._dma)
 
     def numa_node_of(self, ref: str | PciDev) -> int:
-        """NUMA node of a function's memory: its own, else its host bridge's, else the first."""
+        """NUMA node of a function's memory: its own, else its host bridge's, else the first.
+
+        Kernel: include/linux/device.h, dev_to_node() (with the model's fallbacks).
+        """
         pdev = self.topology.device(ref)
         for n in (pdev.numa_node,
                   pdev.host_bridge.numa_node if pdev.host_bridge is not None else None):
@@ -246,7 +256,10 @@ class Platform:
         return self.ram[node]
 
     def free_ram(self, ranges: np.ndarray) -> None:
-        """Free pages from :meth:`alloc_ram` (poisoned) — ``__free_pages()``."""
+        """Free pages from :meth:`alloc_ram` (poisoned) — ``__free_pages()``.
+
+        Kernel: mm/page_alloc.c, __free_pages().
+        """
         self.phys.free(ranges)
 
     # ------------------------------------------------------------------ driver binding
@@ -314,6 +327,8 @@ class Platform:
         """The driver instance bound to ``ref`` (name or BDF) — ``dev_get_drvdata()``.
 
         Raises: DmaBufError(ENODEV): unknown function, or no driver bound to it.
+
+        Kernel: include/linux/device.h, dev_get_drvdata().
         """
         pdev = self.topology.device(ref)
         dev = self._bound.get(pdev.bdf)
@@ -355,6 +370,9 @@ class Platform:
         """Unbind every driver, newest first; later binds fail. Idempotent.
 
         Raises: the first error a driver's ``remove`` raised (after all were removed).
+
+        Model-only: tears down the modelled computer (the kernel's analogue is shutdown/unbind of
+        every driver).
         """
         with self._lock:
             if self._closed:
@@ -384,7 +402,10 @@ class Platform:
 
     # ------------------------------------------------------------------ introspection
     def describe(self) -> dict[str, Any]:
-        """Snapshot: topology, RAM per node, BAR regions, IOMMU groups, bound drivers."""
+        """Snapshot: topology, RAM per node, BAR regions, IOMMU groups, bound drivers.
+
+        Model-only: introspection snapshot; the kernel has no such call.
+        """
         return {
             "topology": self.topology.source,
             "ram": {n: {"base": r.base, "size": r.size, "free_pages": r.free_pages}

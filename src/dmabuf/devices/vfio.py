@@ -558,6 +558,9 @@ class VfioPciDevice(Device):
         """The MMIO region of BAR ``index``.
 
         Raises: DmaBufError(EINVAL): not a page-aligned memory BAR of the function.
+
+        Kernel: drivers/vfio/pci/vfio_pci_core.c, the BAR regions of vfio_pci_core_get_region_info()
+        / pci_resource_start().
         """
         r = self.bar_regions.get(index)
         if r is None:
@@ -593,6 +596,8 @@ class VfioPciDevice(Device):
 
         Returns: a copy of the bytes (``uint8``). Raises: DmaBufError(EINVAL) as
         :meth:`hw_write`. Kernel: none (hardware).
+
+        Model-only: the function's own logic reading its BAR is hardware.
         """
         return self.phys.view(self._window(index, offset, length), length).copy()
 
@@ -600,6 +605,8 @@ class VfioPciDevice(Device):
         """The function fills (part of) a BAR with ``byte`` (device side).
 
         Raises: DmaBufError(EINVAL) as :meth:`hw_write`. Kernel: none (hardware).
+
+        Model-only: the function's own logic writing its BAR is hardware.
         """
         n = self.bar_region(index).size - offset if length is None else length
         self.phys.view(self._window(index, offset, n), n).fill(byte)
@@ -624,6 +631,8 @@ class VfioPciDevice(Device):
         """``pwrite`` on the device fd at a BAR region offset — ``vfio_pci_bar_rw()``.
 
         Returns: bytes written. Raises: as :meth:`region_read`.
+
+        Kernel: drivers/vfio/pci/vfio_pci_rdwr.c, vfio_pci_bar_rw().
         """
         self._require_open("region write")
         src = bytes(data)
@@ -804,7 +813,10 @@ class VfioPciDevice(Device):
         super().remove()
 
     def describe(self) -> dict[str, Any]:
-        """Snapshot: the device base's, plus command/power state, BARs and dma-bufs."""
+        """Snapshot: the device base's, plus command/power state, BARs and dma-bufs.
+
+        Model-only: introspection snapshot; the kernel has no such call.
+        """
         d = super().describe()
         d["vfio"] = {"open": self._open, "command": self.command,
                      "power_state": self.power_state, "memory_enabled": self.memory_enabled,

@@ -51,7 +51,10 @@ DMA_MAPPING_ERROR = (1 << 64) - 1
 
 
 def dma_bit_mask(n: int) -> int:
-    """``DMA_BIT_MASK(n)``: the mask of an ``n``-bit DMA address (n = 64 gives all ones)."""
+    """``DMA_BIT_MASK(n)``: the mask of an ``n``-bit DMA address (n = 64 gives all ones).
+
+    Kernel: include/linux/dma-mapping.h, DMA_BIT_MASK().
+    """
     if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= 64:
         raise ValueError(f"DMA_BIT_MASK({n!r}): n must be an int in 0..64")
     return (1 << n) - 1
@@ -66,6 +69,8 @@ def valid_dma_direction(direction: object) -> DmaDataDirection:
     Raises:
         ContractViolation("valid_dma_direction"): ``DMA_NONE`` or not a direction at all (the
             kernel BUGs).
+
+    Kernel: include/linux/dma-direction.h, valid_dma_direction().
     """
     try:
         d = DmaDataDirection(direction)  # type: ignore[arg-type]

@@ -157,7 +157,10 @@ class DmaDevice:
 
     # ------------------------------------------------------------------ configuration
     def attach_domain(self, domain: IommuDomain | None) -> None:
-        """Put the device in ``domain`` (None: no IOMMU) — ``iommu_attach_group()``."""
+        """Put the device in ``domain`` (None: no IOMMU) — ``iommu_attach_group()``.
+
+        Kernel: drivers/iommu/iommu.c, iommu_attach_group().
+        """
         if self.iommu is not None and self.name in self.iommu.devices:
             self.iommu.devices.remove(self.name)
         self.iommu = domain
@@ -172,6 +175,8 @@ class DmaDevice:
         Args:
             iommu: an :class:`~dmabuf.dma.iommu.Iommu` (the domain is chosen by
                 ``fabric.iommu_group(name)``) or ``None`` (IOMMU off: dma-direct).
+
+        Model-only: constructor glue from the fabric model; the kernel sets this up in device probe.
         """
         domain = None
         if iommu is not None:
@@ -191,14 +196,21 @@ class DmaDevice:
         return self.iommu is None or self.iommu.type is IommuDomainType.IDENTITY
 
     def effective_mask(self) -> int:
-        """``min_not_zero(*dev->dma_mask, dev->bus_dma_limit)``."""
+        """``min_not_zero(*dev->dma_mask, dev->bus_dma_limit)``.
+
+        Kernel: kernel/dma/direct.c, dma_capable() (min_not_zero(*dev->dma_mask,
+        dev->bus_dma_limit)).
+        """
         mask = self.dma_mask if self.dma_mask is not None else 0
         if self.bus_dma_limit and (not mask or self.bus_dma_limit < mask):
             return self.bus_dma_limit
         return mask
 
     def warn(self, rule: str, message: str) -> None:
-        """Record a kernel WARN on the machine's log."""
+        """Record a kernel WARN on the machine's log.
+
+        Model-only: records a WARN() on the machine log, standing in for dmesg.
+        """
         self.machine.warn(rule, f"{self.name}: {message}")
 
     # ------------------------------------------------------------------ bus windows
@@ -515,6 +527,8 @@ class DmaDevice:
         Raises:
             DmaBufError(EREMOTEIO): unsupported P2P. DmaBufError(EIO/ENOMEM/EINVAL): see
             ``dma_map_phys_ranges``. ContractViolation: invalid direction.
+
+        Kernel: kernel/dma/mapping.c, dma_map_sgtable().
         """
         from dmabuf.dma.defs import DMA_ATTR_MMIO, valid_dma_direction
         from dmabuf.dma.mapping import dma_map_phys_ranges
@@ -530,6 +544,8 @@ class DmaDevice:
 
         Raises:
             ContractViolation("dma_debug"): no live mapping with that DMA list and direction.
+
+        Kernel: kernel/dma/mapping.c, dma_unmap_sgtable().
         """
         from dmabuf.dma.defs import valid_dma_direction
         from dmabuf.dma.mapping import dma_unmap_phys_ranges
@@ -559,6 +575,8 @@ class DmaDevice:
 
         Raises:
             IommuFault: translation fault, or a page not owned by ``expect_owner``.
+
+        Model-only: the bus-master read is hardware behaviour, not kernel code.
         """
         phys = self.translate(dma_ranges, "read")
         self._check_owner(phys, expect_owner, "read")
@@ -572,6 +590,8 @@ class DmaDevice:
         Raises:
             IommuFault: translation fault or ownership mismatch (nothing is written then).
             DmaBufError(EINVAL): length mismatch.
+
+        Model-only: the bus-master write is hardware behaviour, not kernel code.
         """
         phys = self.translate(dma_ranges, "write")
         self._check_owner(phys, expect_owner, "write")
@@ -599,6 +619,8 @@ class DmaDevice:
         Raises:
             IommuFault: translation or ownership fault on either side (nothing copied then).
             DmaBufError(EINVAL): the lengths differ.
+
+        Model-only: a device's DMA engine doing the transfer is hardware, not kernel code.
         """
         dst_dev = self if dst_dev is None else dst_dev
         if src_owner is None:
@@ -626,7 +648,10 @@ class DmaDevice:
 
     # ------------------------------------------------------------------ introspection
     def describe(self) -> dict[str, Any]:
-        """Snapshot of the device's DMA configuration and counters."""
+        """Snapshot of the device's DMA configuration and counters.
+
+        Model-only: introspection snapshot; the kernel has no such call.
+        """
         return {
             "name": self.name,
             "dma_mask": self.dma_mask,

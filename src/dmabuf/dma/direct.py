@@ -91,7 +91,10 @@ def dma_direct_map_phys(dev: DmaDevice, phys: int, size: int, direction: DmaData
 
 
 def dma_direct_get_required_mask(dev: DmaDevice) -> int:
-    """Smallest mask covering all system RAM — ``dma_direct_get_required_mask()``."""
+    """Smallest mask covering all system RAM — ``dma_direct_get_required_mask()``.
+
+    Kernel: kernel/dma/direct.c, dma_direct_get_required_mask().
+    """
     top = max((r.end for r in dev.phys.regions if r.kind is MemKind.RAM), default=0)
     if top == 0:
         return dma_bit_mask(32)
@@ -100,13 +103,19 @@ def dma_direct_get_required_mask(dev: DmaDevice) -> int:
 
 
 def dma_direct_supported(dev: DmaDevice, mask: int) -> bool:
-    """Is ``mask`` usable without an IOMMU — ``dma_direct_supported()`` (x86: >= 24 bits)."""
+    """Is ``mask`` usable without an IOMMU — ``dma_direct_supported()`` (x86: >= 24 bits).
+
+    Kernel: kernel/dma/direct.c, dma_direct_supported().
+    """
     if mask >= dma_bit_mask(32):
         return True
     return mask >= dma_bit_mask(_ZONE_DMA_BITS)
 
 
 def dma_direct_all_ram_mapped(dev: DmaDevice) -> bool:
-    """Every RAM region is reachable — ``dma_direct_all_ram_mapped()``."""
+    """Every RAM region is reachable — ``dma_direct_all_ram_mapped()``.
+
+    Kernel: kernel/dma/direct.c, dma_direct_all_ram_mapped().
+    """
     return all(dma_capable(dev, r.base, r.size, True)
                for r in dev.phys.regions if r.kind is MemKind.RAM)

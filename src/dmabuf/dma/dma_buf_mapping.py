@@ -65,7 +65,10 @@ class DmaOnlyTable:
         return int(self.dma.size)
 
     def dma_ranges(self) -> np.ndarray:
-        """The DMA list (a copy)."""
+        """The DMA list (a copy).
+
+        Model-only: accessor for the DMA address list the kernel reads directly from the sg_table.
+        """
         return self.dma.copy()
 
 

@@ -89,12 +89,18 @@ class DmaIovaState:
 
 
 def dma_use_iova(state: DmaIovaState) -> bool:
-    """``dma_use_iova()``: the state holds an IOVA allocation."""
+    """``dma_use_iova()``: the state holds an IOVA allocation.
+
+    Kernel: include/linux/dma-mapping.h, dma_use_iova().
+    """
     return state.size != 0
 
 
 def dma_iova_size(state: DmaIovaState) -> int:
-    """``dma_iova_size()``: the allocated length without the swiotlb flag bit."""
+    """``dma_iova_size()``: the allocated length without the swiotlb flag bit.
+
+    Kernel: include/linux/dma-mapping.h, dma_iova_size().
+    """
     return state.size & ~DMA_IOVA_USE_SWIOTLB
 
 
@@ -521,11 +527,17 @@ def iommu_dma_map_ranges(dev: DmaDevice, phys: np.ndarray, prots: np.ndarray) ->
 
 def domain_map_many(domain: IommuDomain, iovas: np.ndarray, paddrs: np.ndarray,
                     sizes: np.ndarray, prots: np.ndarray) -> None:
-    """Map many granule-aligned segments, then one ``iotlb_sync_map`` — ``iommu_map_sg()``."""
+    """Map many granule-aligned segments, then one ``iotlb_sync_map`` — ``iommu_map_sg()``.
+
+    Kernel: drivers/iommu/iommu.c, iommu_map_sg().
+    """
     domain.map_many(iovas, paddrs, sizes, prots, sync=True)
 
 
 def iommu_dma_unmap_range(dev: DmaDevice, iova: int, size: int) -> None:
-    """Unmap the IOVA range of a scatterlist mapping — ``iommu_dma_unmap_sg()``."""
+    """Unmap the IOVA range of a scatterlist mapping — ``iommu_dma_unmap_sg()``.
+
+    Kernel: drivers/iommu/dma-iommu.c, iommu_dma_unmap_sg().
+    """
     iommu_dma_unmap_phys(dev, iova, size)
 

@@ -202,7 +202,11 @@ class P2PFabricWindows(Protocol):
 
 def fabric_p2p_generation(fabric: Any) -> int | None:
     """The fabric's ``p2p_generation`` if it implements :class:`P2PFabricWindows` (both the
-    counter and ``bus_windows()``), else ``None`` — the probe the DMA layer uses."""
+    counter and ``bus_windows()``), else ``None`` — the probe the DMA layer uses.
+
+    Model-only: a duck-typing probe of the fabric model; the kernel reaches P2P state through struct
+    pci_p2pdma directly.
+    """
     gen = getattr(fabric, "p2p_generation", None)
     if isinstance(gen, bool) or not isinstance(gen, int):
         return None

@@ -451,17 +451,26 @@ class IommuDomain:
         return unmapped << PAGE_SHIFT
 
     def iotlb_sync(self) -> None:
-        """Invalidate the IOTLB after ``unmap(sync=False)`` — ``iommu_iotlb_sync()``."""
+        """Invalidate the IOTLB after ``unmap(sync=False)`` — ``iommu_iotlb_sync()``.
+
+        Kernel: include/linux/iommu.h, iommu_iotlb_sync().
+        """
         with self._lock:
             self.stats.iotlb_flushes += 1
         self._emit("iommu_iotlb_sync")
 
     def flush_iotlb_all(self) -> None:
-        """Invalidate everything — ``iommu_flush_iotlb_all()``."""
+        """Invalidate everything — ``iommu_flush_iotlb_all()``.
+
+        Kernel: include/linux/iommu.h, iommu_flush_iotlb_all().
+        """
         self.iotlb_sync()
 
     def iova_to_phys(self, iova: int) -> int:
-        """Physical address an IOVA translates to, or 0 — ``iommu_iova_to_phys()``."""
+        """Physical address an IOVA translates to, or 0 — ``iommu_iova_to_phys()``.
+
+        Kernel: drivers/iommu/iommu.c, iommu_iova_to_phys().
+        """
         if not self.translates:
             return iova
         leaf = self._table.get((iova >> PAGE_SHIFT) >> _LEAF_SHIFT)
@@ -471,7 +480,10 @@ class IommuDomain:
         return 0 if v == 0 else ((v - 1) << PAGE_SHIFT) | (iova & (PAGE_SIZE - 1))
 
     def mapped_bytes(self, iova: int, size: int) -> int:
-        """Bytes of ``[iova, iova+size)`` (granule aligned) that are currently mapped."""
+        """Bytes of ``[iova, iova+size)`` (granule aligned) that are currently mapped.
+
+        Model-only: page-table introspection for tests and describe().
+        """
         first = iova >> PAGE_SHIFT
         last = (iova + max(size, 1) - 1) >> PAGE_SHIFT
         total = 0
@@ -521,6 +533,8 @@ class IommuDomain:
 
         Returns:
             The number of IOVA ranges freed.
+
+        Kernel: drivers/iommu/dma-iommu.c, fq_flush_timeout().
         """
         with self._lock:
             if not self._fq:
@@ -531,7 +545,11 @@ class IommuDomain:
         return len(batch)
 
     def poll_flush_queue(self) -> int:
-        """Run the flush-queue timer if it expired (``fq_timeout`` since the oldest entry)."""
+        """Run the flush-queue timer if it expired (``fq_timeout`` since the oldest entry).
+
+        Kernel: drivers/iommu/dma-iommu.c, fq_flush_timeout() (the model has no timer, so callers
+        poll).
+        """
         with self._lock:
             expired = bool(self._fq) and self._now() - self._fq[0].time >= self.fq_timeout
         return self.flush_queue() if expired else 0
@@ -741,14 +759,21 @@ class IommuDomain:
 
     # ------------------------------------------------------------------ introspection
     def check_unmapped(self, iova: int, size: int, rule: str) -> None:
-        """ContractViolation(rule) if any page of the range is still mapped."""
+        """ContractViolation(rule) if any page of the range is still mapped.
+
+        Raises: ContractViolation(rule) when any page of the range is still mapped.
+        Model-only: a leak check for tests; the kernel has no equivalent assertion.
+        """
         n = self.mapped_bytes(iova, size)
         if n:
             raise ContractViolation(rule, f"{n:#x} bytes of IOVA [{iova:#x}, {iova + size:#x}) "
                                     "are still mapped")
 
     def describe(self) -> dict[str, Any]:
-        """Snapshot: type, devices, counters, IOVA usage, flush queue, recent faults."""
+        """Snapshot: type, devices, counters, IOVA usage, flush queue, recent faults.
+
+        Model-only: introspection snapshot; the kernel has no such call.
+        """
         return {
             "name": self.name,
             "type": self.type.value,
@@ -795,7 +820,10 @@ class Iommu:
         self._lock = threading.Lock()
 
     def group_domain(self, group: int) -> IommuDomain:
-        """The current domain of IOMMU group ``group`` (its default domain on first use)."""
+        """The current domain of IOMMU group ``group`` (its default domain on first use).
+
+        Kernel: drivers/iommu/iommu.c, iommu_get_domain_for_dev() (group->domain).
+        """
         with self._lock:
             dom = self._groups.get(group)
             if dom is None:
@@ -805,7 +833,10 @@ class Iommu:
             return dom
 
     def set_group_domain(self, group: int, domain: IommuDomain) -> None:
-        """Attach ``domain`` to the group (devices attached later use it) — iommu_attach_group()."""
+        """Attach ``domain`` to the group (devices attached later use it) — iommu_attach_group().
+
+        Kernel: drivers/iommu/iommu.c, iommu_attach_group().
+        """
         with self._lock:
             self._groups[group] = domain
 

@@ -95,15 +95,24 @@ class IovaDomain:
 
     # -------------------------------------------------------------- helpers
     def iova_offset(self, addr: int) -> int:
-        """``iova_offset()``: the offset of ``addr`` inside its granule."""
+        """``iova_offset()``: the offset of ``addr`` inside its granule.
+
+        Kernel: include/linux/iova.h, iova_offset().
+        """
         return addr & (self.granule - 1)
 
     def iova_align(self, size: int) -> int:
-        """``iova_align()``: ``size`` rounded up to the granule."""
+        """``iova_align()``: ``size`` rounded up to the granule.
+
+        Kernel: include/linux/iova.h, iova_align().
+        """
         return (size + self.granule - 1) & ~(self.granule - 1)
 
     def iova_pfn(self, addr: int) -> int:
-        """``iova_pfn()``: the pfn of an IOVA."""
+        """``iova_pfn()``: the pfn of an IOVA.
+
+        Kernel: include/linux/iova.h, iova_pfn().
+        """
         return addr >> self.shift
 
     def __len__(self) -> int:
@@ -218,7 +227,10 @@ class IovaDomain:
 
     # -------------------------------------------------------------- lookup / free
     def find_iova(self, pfn: int) -> Iova | None:
-        """The allocated range containing ``pfn`` — ``find_iova()``."""
+        """The allocated range containing ``pfn`` — ``find_iova()``.
+
+        Kernel: drivers/iommu/iova.c, find_iova().
+        """
         with self._lock:
             i = self._first_at_or_below(pfn)
             if i < len(self._hi) and self._hi[i] >= pfn:
@@ -298,14 +310,20 @@ class IovaDomain:
             self._cached32 = None
 
     def ranges(self) -> list[Iova]:
-        """Every node (allocations and reservations), ascending — for tests and describe()."""
+        """Every node (allocations and reservations), ascending — for tests and describe().
+
+        Model-only: a dump of the rbtree for tests and describe().
+        """
         with self._lock:
             return [Iova(-a, b, r) for a, b, r in
                     zip(reversed(self._neg_lo), reversed(self._hi), reversed(self._reserved),
                         strict=True)]
 
     def allocated_granules(self) -> int:
-        """Granules in live (non-reserved) allocations."""
+        """Granules in live (non-reserved) allocations.
+
+        Model-only: allocator statistics for describe(); the kernel does not count them.
+        """
         with self._lock:
             return sum(h + a + 1 for a, h, r in zip(self._neg_lo, self._hi, self._reserved,
                                                     strict=True) if not r)

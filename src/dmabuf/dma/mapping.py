@@ -190,18 +190,28 @@ def dma_unmap_phys(dev: DmaDevice, addr: int, size: int, direction: DmaDataDirec
 
 def dma_map_resource(dev: DmaDevice, phys: int, size: int, direction: DmaDataDirection,
                      attrs: int = 0) -> int:
-    """``dma_map_resource()`` = ``dma_map_phys(..., attrs | DMA_ATTR_MMIO)``."""
+    """``dma_map_resource()`` = ``dma_map_phys(..., attrs | DMA_ATTR_MMIO)``.
+
+    Kernel: kernel/dma/mapping.c, dma_map_resource().
+    """
     return dma_map_phys(dev, phys, size, direction, attrs | DMA_ATTR_MMIO)
 
 
 def dma_unmap_resource(dev: DmaDevice, addr: int, size: int, direction: DmaDataDirection,
                        attrs: int = 0) -> None:
-    """``dma_unmap_resource()`` = ``dma_unmap_phys(..., attrs | DMA_ATTR_MMIO)``."""
+    """``dma_unmap_resource()`` = ``dma_unmap_phys(..., attrs | DMA_ATTR_MMIO)``.
+
+    Kernel: kernel/dma/mapping.c, dma_unmap_resource().
+    """
     dma_unmap_phys(dev, addr, size, direction, attrs | DMA_ATTR_MMIO)
 
 
 def dma_mapping_error(addr: int) -> int:
-    """``dma_mapping_error()``: ``-ENOMEM`` for ``DMA_MAPPING_ERROR``, else 0."""
+    """``dma_mapping_error()``: ``-ENOMEM`` for ``DMA_MAPPING_ERROR``, else 0.
+
+    Returns: -ENOMEM (as an int, not raised) for ``DMA_MAPPING_ERROR``, else 0.
+    Kernel: include/linux/dma-mapping.h, dma_mapping_error().
+    """
     return -errno.ENOMEM if addr == DMA_MAPPING_ERROR else 0
 
 
@@ -211,7 +221,10 @@ def dma_mapping_error(addr: int) -> int:
 
 
 def dma_get_mask(dev: DmaDevice) -> int:
-    """``dma_get_mask()``: the streaming mask (32 bits when none was set)."""
+    """``dma_get_mask()``: the streaming mask (32 bits when none was set).
+
+    Kernel: include/linux/dma-mapping.h, dma_get_mask().
+    """
     return dev.dma_mask if dev.dma_mask is not None else dma_bit_mask(32)
 
 
@@ -222,7 +235,10 @@ def _check_mask(mask: Any) -> int:
 
 
 def dma_supported(dev: DmaDevice, mask: int) -> bool:
-    """``dma_supported()``: any mask behind a DMA-API IOMMU; >= 24 bits for dma-direct."""
+    """``dma_supported()``: any mask behind a DMA-API IOMMU; >= 24 bits for dma-direct.
+
+    Kernel: kernel/dma/mapping.c, dma_supported().
+    """
     if dev.uses_dma_iommu:
         return True
     return dma_direct_supported(dev, mask)
@@ -243,7 +259,11 @@ def dma_set_mask(dev: DmaDevice, mask: int) -> None:
 
 
 def dma_set_coherent_mask(dev: DmaDevice, mask: int) -> None:
-    """Set the coherent DMA mask — ``dma_set_coherent_mask()`` (-EIO if unsupported)."""
+    """Set the coherent DMA mask — ``dma_set_coherent_mask()`` (-EIO if unsupported).
+
+    Raises: DmaBufError(EIO) when :func:`dma_supported` rejects ``mask``.
+    Kernel: kernel/dma/mapping.c, dma_set_coherent_mask().
+    """
     mask = _check_mask(mask)
     if not dma_supported(dev, mask):
         raise DmaBufError(errno.EIO, f"{dev.name}: coherent DMA mask {mask:#x} is not supported")
@@ -251,7 +271,10 @@ def dma_set_coherent_mask(dev: DmaDevice, mask: int) -> None:
 
 
 def dma_set_mask_and_coherent(dev: DmaDevice, mask: int) -> None:
-    """``dma_set_mask_and_coherent()``: both masks, -EIO if unsupported."""
+    """``dma_set_mask_and_coherent()``: both masks, -EIO if unsupported.
+
+    Kernel: include/linux/dma-mapping.h, dma_set_mask_and_coherent().
+    """
     dma_set_mask(dev, mask)
     dma_set_coherent_mask(dev, mask)
 
@@ -260,6 +283,8 @@ def dma_get_required_mask(dev: DmaDevice) -> int:
     """Mask needed to reach all memory optimally — ``dma_get_required_mask()``.
 
     Behind a DMA-API IOMMU any memory is reachable with 32-bit IOVAs: ``DMA_BIT_MASK(32)``.
+
+    Kernel: kernel/dma/mapping.c, dma_get_required_mask().
     """
     if dev.uses_dma_iommu:
         return dma_bit_mask(32)
@@ -279,12 +304,18 @@ def dma_addressing_limited(dev: DmaDevice) -> bool:
 
 
 def dma_get_max_seg_size(dev: DmaDevice) -> int:
-    """``dma_get_max_seg_size()``."""
+    """``dma_get_max_seg_size()``.
+
+    Kernel: include/linux/dma-mapping.h, dma_get_max_seg_size().
+    """
     return dev.max_seg_size
 
 
 def dma_get_merge_boundary(dev: DmaDevice) -> int:
-    """``dma_get_merge_boundary()``: IOMMU granule - 1, or 0 (no merging) for dma-direct."""
+    """``dma_get_merge_boundary()``: IOMMU granule - 1, or 0 (no merging) for dma-direct.
+
+    Kernel: kernel/dma/mapping.c, dma_get_merge_boundary().
+    """
     if dev.uses_dma_iommu and dev.iommu is not None:
         return dev.iommu.granule - 1
     return 0

@@ -85,6 +85,8 @@ def pci_p2pdma_bus_addr_map(state: P2pdmaMapState, paddr: int) -> int:
     Raises:
         ContractViolation("pci_p2pdma_bus_addr_map"): the state is not ``BUS_ADDR``
             (the kernel WARNs and returns an unusable address).
+
+    Kernel: include/linux/pci-p2pdma.h, pci_p2pdma_bus_addr_map().
     """
     if state.map is not PciP2pdmaMapType.BUS_ADDR:
         from dmabuf.errors import ContractViolation

@@ -134,7 +134,11 @@ class GupPages:
         return int(self.paddrs.size)
 
     def ranges(self) -> np.ndarray:
-        """The pages as a coalesced ``RANGE_DTYPE`` list (the bio_vec / scatterlist)."""
+        """The pages as a coalesced ``RANGE_DTYPE`` list (the bio_vec / scatterlist).
+
+        Model-only: the pinned pages as the range list the model uses in place of struct page
+        **pages (a bio_vec / scatterlist).
+        """
         return page_ranges(self.paddrs)
 
     def __repr__(self) -> str:

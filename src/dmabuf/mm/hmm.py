@@ -159,6 +159,8 @@ def hmm_pfn_to_phys(hmm_pfns: Any) -> Any:
     """Physical address of each output entry (``hmm_pfn_to_page`` → ``page_to_phys``).
 
     Entries without ``HMM_PFN_VALID`` give 0.
+
+    Kernel: include/linux/hmm.h, hmm_pfn_to_page() followed by page_to_phys().
     """
     a = np.asarray(hmm_pfns, dtype=np.uint64)
     out = np.where((a & _V) != 0, (a & _PFN_MASK) << _U, np.uint64(0))
@@ -166,7 +168,10 @@ def hmm_pfn_to_phys(hmm_pfns: Any) -> Any:
 
 
 def hmm_pfn_to_map_order(hmm_pfns: Any) -> Any:
-    """``hmm_pfn_to_map_order()``: the CPU mapping order (always 0 in the model)."""
+    """``hmm_pfn_to_map_order()``: the CPU mapping order (always 0 in the model).
+
+    Kernel: include/linux/hmm.h, hmm_pfn_to_map_order().
+    """
     a = np.asarray(hmm_pfns, dtype=np.uint64)
     out = (a & _ORDER_MASK) >> np.uint64(HMM_PFN_ORDER_SHIFT)
     return int(out) if out.ndim == 0 else out

@@ -139,13 +139,19 @@ class MemFdPin:
         return int(self.addrs.size)
 
     def ranges(self) -> np.ndarray:
-        """The pinned pages as physical ranges (``RANGE_DTYPE``, merged where contiguous)."""
+        """The pinned pages as physical ranges (``RANGE_DTYPE``, merged where contiguous).
+
+        Model-only: the pinned folios as physical ranges, the model's form of the folio array
+        memfd_pin_folios() returns.
+        """
         return _page_ranges(self.addrs)
 
     def unpin(self) -> None:
         """Drop the pins — ``unpin_folio()`` per folio. Idempotent misuse is a violation.
 
         Raises: ContractViolation("unpin_folio"): unpinned twice.
+
+        Kernel: mm/gup.c, unpin_folio() per folio.
         """
         self.memfd._unpin(self)
 
@@ -183,7 +189,10 @@ class MemFdMapping:
                               "-byte mapping (SIGSEGV)")
 
     def read(self, offset: int = 0, length: int | None = None) -> bytes:
-        """Load bytes through the mapping (faults pages in)."""
+        """Load bytes through the mapping (faults pages in).
+
+        Kernel: mm/shmem.c, shmem_fault() (CPU loads through a shared mapping).
+        """
         if length is None:
             length = self.length - offset
         self._check(offset, length)
@@ -193,6 +202,8 @@ class MemFdMapping:
         """Store bytes through the mapping (faults pages in).
 
         Raises: DmaBufError(EFAULT): read-only mapping (SIGSEGV) or beyond EOF (SIGBUS).
+
+        Kernel: mm/shmem.c, shmem_fault() (CPU stores through a shared mapping).
         """
         src = as_bytes_array(data)
         self._check(offset, int(src.size))
@@ -201,7 +212,10 @@ class MemFdMapping:
         self.memfd._access(self.offset + offset, int(src.size), src, mapping=True)
 
     def munmap(self) -> None:
-        """``munmap()``; idempotent."""
+        """``munmap()``; idempotent.
+
+        Kernel: mm/vma.c, do_vmi_munmap() (munmap(2)).
+        """
         if not self.closed:
             self.closed = True
             self.memfd._unmapped(self)
@@ -305,7 +319,10 @@ class MemFd:
     # ------------------------------------------------------------------ seals
 
     def get_seals(self) -> int:
-        """``fcntl(fd, F_GET_SEALS)`` — ``memfd_get_seals()``: the seal bits."""
+        """``fcntl(fd, F_GET_SEALS)`` — ``memfd_get_seals()``: the seal bits.
+
+        Kernel: mm/memfd.c, memfd_get_seals() (fcntl F_GET_SEALS).
+        """
         return self._seals
 
     def add_seals(self, seals: int, *, writable_file: bool = True) -> None:
@@ -530,7 +547,11 @@ class MemFd:
         return int(src.size)
 
     def pread(self, length: int, offset: int) -> bytes:
-        """``pread(fd, length, offset)``: up to ``length`` bytes (short at EOF)."""
+        """``pread(fd, length, offset)``: up to ``length`` bytes (short at EOF).
+
+        Raises: DmaBufError(EINVAL) for a negative length or offset.
+        Kernel: mm/shmem.c, shmem_file_read_iter() (pread(2)).
+        """
         length = _check_int(length, "length")
         offset = _check_int(offset, "offset")
         self._check_live("read")
@@ -634,6 +655,8 @@ class MemFd:
 
         Unpinned pages are freed (poisoned); pinned pages survive until their last unpin.
         Idempotent.
+
+        Kernel: mm/shmem.c, shmem_evict_inode().
         """
         with self._lock:
             if self.released:
@@ -648,7 +671,10 @@ class MemFd:
             self.phys.free(_page_ranges(free))
 
     def describe(self) -> dict[str, Any]:
-        """Snapshot: name, size, seals, resident/pinned pages, mappings."""
+        """Snapshot: name, size, seals, resident/pinned pages, mappings.
+
+        Model-only: introspection snapshot; the kernel has no such call.
+        """
         return {"name": f"memfd:{self.name}", "size": self._size, "seals": self._seals,
                 "resident_pages": self.resident_pages, "pinned_pages": self.pinned_pages,
                 "mappings": len(self._maps), "released": self.released}

@@ -186,7 +186,10 @@ class DevPagemap:
         return self.size >> PAGE_SHIFT
 
     def contains(self, paddr: int) -> bool:
-        """Whether ``paddr`` is one of this map's pages."""
+        """Whether ``paddr`` is one of this map's pages.
+
+        Model-only: range test the kernel does with pgmap->range fields inline.
+        """
         return self.start <= int(paddr) <= self.end
 
     def _index(self, paddrs: np.ndarray) -> np.ndarray:
@@ -197,7 +200,10 @@ class DevPagemap:
         return ((a - np.uint64(self.start)) >> _U_SHIFT).astype(np.int64)
 
     def page_refs(self, paddrs: Any) -> np.ndarray:
-        """``page_ref_count()`` of each page (a copy)."""
+        """``page_ref_count()`` of each page (a copy).
+
+        Kernel: include/linux/page_ref.h, page_ref_count() of each page.
+        """
         return self.refcount[self._index(np.atleast_1d(np.asarray(paddrs, np.uint64)))].copy()
 
     def page_init(self, paddrs: Any) -> None:
@@ -206,6 +212,8 @@ class DevPagemap:
         Raises:
             ContractViolation("zone_device_page_init"): a page is still referenced (the kernel
                 VM_BUG_ONs on a non-zero refcount).
+
+        Kernel: mm/memremap.c, zone_device_page_init().
         """
         idx = self._index(np.atleast_1d(np.asarray(paddrs, np.uint64)))
         with self._lock:
@@ -220,6 +228,8 @@ class DevPagemap:
         Raises:
             ContractViolation("folio_get"): a page has no reference (a freed page cannot be
                 revived: ``folio_try_get`` would fail).
+
+        Kernel: include/linux/mm.h, folio_get() on each page.
         """
         idx = self._index(np.atleast_1d(np.asarray(paddrs, np.uint64)))
         with self._lock:
@@ -253,7 +263,10 @@ class DevPagemap:
         return freed
 
     def describe(self) -> dict[str, Any]:
-        """Snapshot: type, range, owner, referenced pages."""
+        """Snapshot: type, range, owner, referenced pages.
+
+        Model-only: introspection snapshot; the kernel has no such call.
+        """
         return {"name": self.name, "type": self.type.name, "start": self.start,
                 "size": self.size, "owner": repr(self.owner), "live": self.live,
                 "referenced_pages": int(np.count_nonzero(self.refcount))}
@@ -293,7 +306,10 @@ class MemRemap:
         self._ends = np.array([p.end for p in self.pgmaps], dtype=np.uint64)
 
     def lookup(self, paddrs: Any) -> np.ndarray:
-        """Index into :attr:`pgmaps` of each address's page map, -1 where there is none."""
+        """Index into :attr:`pgmaps` of each address's page map, -1 where there is none.
+
+        Kernel: mm/memremap.c, get_dev_pagemap() (vectorised, no reference taken).
+        """
         a = np.atleast_1d(np.asarray(paddrs, dtype=np.uint64))
         starts, ends = self._starts, self._ends
         if starts.size == 0:
@@ -303,7 +319,10 @@ class MemRemap:
         return np.where(ok, i, -1)
 
     def types(self, paddrs: Any) -> np.ndarray:
-        """:class:`MemoryType` value of each address's page (0 for ordinary memory)."""
+        """:class:`MemoryType` value of each address's page (0 for ordinary memory).
+
+        Kernel: include/linux/memremap.h, page_pgmap(page)->type (enum memory_type), vectorised.
+        """
         idx = self.lookup(paddrs)
         if not self.pgmaps:
             return np.zeros(idx.size, dtype=np.int8)
@@ -311,7 +330,10 @@ class MemRemap:
         return np.where(idx >= 0, tv[np.maximum(idx, 0)], 0).astype(np.int8)
 
     def pgmap_of(self, paddr: int) -> DevPagemap | None:
-        """The page map holding ``paddr`` — ``get_dev_pagemap()`` (no reference taken)."""
+        """The page map holding ``paddr`` — ``get_dev_pagemap()`` (no reference taken).
+
+        Kernel: mm/memremap.c, get_dev_pagemap() (no reference taken).
+        """
         i = int(self.lookup(int(paddr))[0])
         return self.pgmaps[i] if i >= 0 else None
 
@@ -320,6 +342,8 @@ class MemRemap:
 
         Raises:
             DmaBufError(EINVAL): the physical memory has no RAM region.
+
+        Kernel: include/linux/pgtable.h, ZERO_PAGE().
         """
         if self._zero is not None:
             return self._zero
@@ -341,7 +365,10 @@ _registries_lock = threading.Lock()
 
 
 def memremap_registry(phys: PhysMemory) -> MemRemap:
-    """The :class:`MemRemap` registry of ``phys`` (created on first use, lives with ``phys``)."""
+    """The :class:`MemRemap` registry of ``phys`` (created on first use, lives with ``phys``).
+
+    Model-only: per-PhysMemory registry standing in for the kernel's global pgmap xarray.
+    """
     if not isinstance(phys, PhysMemory):
         raise TypeError(f"phys must be a PhysMemory, not {type(phys).__name__}")
     reg = _registries.get(phys)
@@ -355,12 +382,18 @@ def memremap_registry(phys: PhysMemory) -> MemRemap:
 
 
 def zero_page(phys: PhysMemory) -> int:
-    """Physical address of ``ZERO_PAGE(0)`` of ``phys``."""
+    """Physical address of ``ZERO_PAGE(0)`` of ``phys``.
+
+    Kernel: include/linux/pgtable.h, ZERO_PAGE(0).
+    """
     return memremap_registry(phys).zero_page()
 
 
 def is_zero_pfn(phys: PhysMemory, pfns: Any) -> np.ndarray:
-    """``is_zero_pfn()`` for an array of pfns."""
+    """``is_zero_pfn()`` for an array of pfns.
+
+    Kernel: include/linux/pgtable.h, is_zero_pfn().
+    """
     z = np.uint64(zero_page(phys) >> PAGE_SHIFT)
     return np.atleast_1d(np.asarray(pfns, dtype=np.uint64)) == z
 
@@ -445,22 +478,34 @@ def memunmap_pages(pgmap: DevPagemap) -> None:
 
 
 def get_dev_pagemap(phys: PhysMemory, paddr: int) -> DevPagemap | None:
-    """The page map holding ``paddr`` — ``get_dev_pagemap()`` (the model takes no reference)."""
+    """The page map holding ``paddr`` — ``get_dev_pagemap()`` (the model takes no reference).
+
+    Kernel: mm/memremap.c, get_dev_pagemap() (the model takes no reference).
+    """
     return memremap_registry(phys).pgmap_of(paddr)
 
 
 def is_device_private_page(phys: PhysMemory, paddrs: Any) -> np.ndarray:
-    """``is_device_private_page()`` for an array of physical addresses."""
+    """``is_device_private_page()`` for an array of physical addresses.
+
+    Kernel: include/linux/memremap.h, is_device_private_page().
+    """
     return memremap_registry(phys).types(paddrs) == int(MemoryType.MEMORY_DEVICE_PRIVATE)
 
 
 def is_pci_p2pdma_page(phys: PhysMemory, paddrs: Any) -> np.ndarray:
-    """``is_pci_p2pdma_page()`` for an array of physical addresses."""
+    """``is_pci_p2pdma_page()`` for an array of physical addresses.
+
+    Kernel: include/linux/memremap.h, is_pci_p2pdma_page().
+    """
     return memremap_registry(phys).types(paddrs) == int(MemoryType.MEMORY_DEVICE_PCI_P2PDMA)
 
 
 def pages_of_ranges(ranges: Any) -> np.ndarray:
-    """Physical address of every page of page-aligned ranges, in order (``uint64``)."""
+    """Physical address of every page of page-aligned ranges, in order (``uint64``).
+
+    Model-only: expands a range list into page addresses (the model's struct page ** array).
+    """
     from dmabuf.mm.ranges import as_ranges
     r = as_ranges(ranges)
     r = r[r["len"] != 0]
@@ -477,7 +522,10 @@ def pages_of_ranges(ranges: Any) -> np.ndarray:
 
 
 def page_ranges(paddrs: Any) -> np.ndarray:
-    """One ``PAGE_SIZE`` range per page address, coalesced (the bio_vec list of pages)."""
+    """One ``PAGE_SIZE`` range per page address, coalesced (the bio_vec list of pages).
+
+    Model-only: converts page addresses into the model's range list (bio_vec form).
+    """
     a = np.atleast_1d(np.asarray(paddrs, dtype=np.uint64))
     r = np.empty(a.size, dtype=RANGE_DTYPE)
     r["addr"] = a

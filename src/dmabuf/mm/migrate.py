@@ -101,14 +101,20 @@ _WRITE = np.uint64(MIGRATE_PFN_WRITE)
 
 
 def migrate_pfn(pfn: Any) -> Any:
-    """``migrate_pfn(pfn)`` = ``pfn << MIGRATE_PFN_SHIFT | MIGRATE_PFN_VALID`` (int or array)."""
+    """``migrate_pfn(pfn)`` = ``pfn << MIGRATE_PFN_SHIFT | MIGRATE_PFN_VALID`` (int or array).
+
+    Kernel: include/linux/migrate.h, migrate_pfn().
+    """
     if isinstance(pfn, np.ndarray):
         return (pfn.astype(np.uint64) << _SHIFT) | _VALID
     return (int(pfn) << MIGRATE_PFN_SHIFT) | MIGRATE_PFN_VALID
 
 
 def migrate_pfn_to_paddr(mpfn: Any) -> Any:
-    """Physical address of a migrate pfn (``migrate_pfn_to_page``), 0 when not VALID."""
+    """Physical address of a migrate pfn (``migrate_pfn_to_page``), 0 when not VALID.
+
+    Kernel: include/linux/migrate.h, migrate_pfn_to_page().
+    """
     if isinstance(mpfn, np.ndarray):
         m = mpfn.astype(np.uint64)
         return np.where((m & _VALID) != 0, (m >> _SHIFT) << _PSHIFT, np.uint64(0))
@@ -154,7 +160,10 @@ class MigrateVma:
         return (self.src & _MIG) != 0
 
     def src_paddrs(self) -> np.ndarray:
-        """Physical address of each source page (0 for holes)."""
+        """Physical address of each source page (0 for holes).
+
+        Kernel: include/linux/migrate.h, migrate_pfn_to_page() over migrate_vma.src.
+        """
         out: np.ndarray = migrate_pfn_to_paddr(self.src)
         return out
 
@@ -163,6 +172,8 @@ def alloc_page_vma(vma: Vma, count: int = 1) -> np.ndarray:
     """Allocate zeroed RAM pages for ``vma``'s mm — ``alloc_page_vma()`` (physical addresses).
 
     The pages belong to the mm's anonymous owner. Raises DmaBufError(ENOMEM) when RAM is full.
+
+    Kernel: include/linux/gfp.h, alloc_page_vma().
     """
     if isinstance(count, bool) or not isinstance(count, int) or count <= 0:
         raise DmaBufError(errno.EINVAL, f"alloc_page_vma: count {count!r} must be > 0")

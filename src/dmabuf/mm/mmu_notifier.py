@@ -132,7 +132,10 @@ class MmuNotifierRange:
 
 
 def mmu_notifier_range_blockable(rng: MmuNotifierRange) -> bool:
-    """``mmu_notifier_range_blockable()``: may the callbacks sleep?"""
+    """``mmu_notifier_range_blockable()``: may the callbacks sleep?
+
+    Kernel: include/linux/mmu_notifier.h, mmu_notifier_range_blockable().
+    """
     return bool(rng.flags & MMU_NOTIFIER_RANGE_BLOCKABLE)
 
 
@@ -146,6 +149,8 @@ class MmuIntervalNotifierOps(Protocol):
 
         Must call :func:`mmu_interval_set_seq` under the driver's user lock and return True;
         may return False only when ``mmu_notifier_range_blockable(rng)`` is false.
+
+        Kernel: include/linux/mmu_notifier.h, struct mmu_interval_notifier_ops.invalidate.
         """
         ...
 
@@ -181,14 +186,23 @@ class MmuNotifierOps:
     """``struct mmu_notifier_ops`` of a classic notifier (override what you need)."""
 
     def invalidate_range_start(self, sub: MmuNotifier, rng: MmuNotifierRange) -> int:
-        """Before PTEs of ``rng`` change. Return 0, or ``-EAGAIN`` for a non-blockable range."""
+        """Before PTEs of ``rng`` change. Return 0, or ``-EAGAIN`` for a non-blockable range.
+
+        Kernel: include/linux/mmu_notifier.h, struct mmu_notifier_ops.invalidate_range_start.
+        """
         return 0
 
     def invalidate_range_end(self, sub: MmuNotifier, rng: MmuNotifierRange) -> None:
-        """After PTEs of ``rng`` changed."""
+        """After PTEs of ``rng`` changed.
+
+        Kernel: include/linux/mmu_notifier.h, struct mmu_notifier_ops.invalidate_range_end.
+        """
 
     def release(self, sub: MmuNotifier, mm: MmStruct) -> None:
-        """The mm is going away (exit_mmap): stop every access to it."""
+        """The mm is going away (exit_mmap): stop every access to it.
+
+        Kernel: include/linux/mmu_notifier.h, struct mmu_notifier_ops.release.
+        """
 
 
 class MmuNotifier:
@@ -247,11 +261,17 @@ class MmuNotifierSubscriptions:
         return [self.itree[i] for i in hit.tolist()]
 
     def is_invalidating(self) -> bool:
-        """``mn_itree_is_invalidating()``: the mm seq is odd."""
+        """``mn_itree_is_invalidating()``: the mm seq is odd.
+
+        Kernel: mm/mmu_notifier.c, mn_itree_is_invalidating().
+        """
         return bool(self.invalidate_seq & 1)
 
     def describe(self) -> dict[str, Any]:
-        """Snapshot: seq, active ranges, subscriptions."""
+        """Snapshot: seq, active ranges, subscriptions.
+
+        Model-only: introspection snapshot; the kernel has no such call.
+        """
         return {"invalidate_seq": self.invalidate_seq,
                 "active_invalidate_ranges": self.active_invalidate_ranges,
                 "interval_notifiers": len(self.itree), "deferred": len(self.deferred),
@@ -440,7 +460,10 @@ def mmu_interval_read_retry(sub: MmuIntervalNotifier, seq: int) -> bool:
 
 
 def mmu_interval_check_retry(sub: MmuIntervalNotifier, seq: int) -> bool:
-    """Lockless early check of :func:`mmu_interval_read_retry` — the kernel function."""
+    """Lockless early check of :func:`mmu_interval_read_retry` — the kernel function.
+
+    Kernel: include/linux/mmu_notifier.h, mmu_interval_check_retry().
+    """
     return sub.invalidate_seq != seq
 
 
@@ -636,6 +659,8 @@ def mmu_notifier_invalidate_range_end(rng: MmuNotifierRange) -> None:
 
     The last concurrent invalidation makes the mm seq even again and wakes
     :func:`mmu_interval_read_begin` waiters.
+
+    Kernel: include/linux/mmu_notifier.h, mmu_notifier_invalidate_range_end().
     """
     subs = rng.mm.notifier_subscriptions(create=False)
     if subs is None:
@@ -650,7 +675,11 @@ def mmu_notifier_invalidate_range_end(rng: MmuNotifierRange) -> None:
 
 def invalidate(mm: MmStruct, start: int, end: int, event: MmuNotifyEvent, *,
                owner: Any = None) -> _InvalidationScope:
-    """Context manager bracketing a PTE change with range start / end (model helper)."""
+    """Context manager bracketing a PTE change with range start / end (model helper).
+
+    Kernel: include/linux/mmu_notifier.h, mmu_notifier_invalidate_range_start() / _end() (as a
+    context manager).
+    """
     return _InvalidationScope(MmuNotifierRange(mm, start, end, event, owner=owner))
 
 
@@ -674,5 +703,8 @@ class FunctionOps:
         self.fn = fn
 
     def invalidate(self, sub: MmuIntervalNotifier, rng: MmuNotifierRange, cur_seq: int) -> bool:
-        """Call the wrapped function."""
+        """Call the wrapped function.
+
+        Kernel: include/linux/mmu_notifier.h, struct mmu_interval_notifier_ops.invalidate.
+        """
         return self.fn(sub, rng, cur_seq)

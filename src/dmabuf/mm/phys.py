@@ -199,7 +199,10 @@ class PhysRegion:
         return int(self._free_len.size)
 
     def contains(self, paddr: int, length: int = 1) -> bool:
-        """True when ``[paddr, paddr + length)`` lies entirely inside the region."""
+        """True when ``[paddr, paddr + length)`` lies entirely inside the region.
+
+        Model-only: bounds test on the model's region.
+        """
         paddr = _check_int(paddr, "paddr")
         length = _check_int(length, "length")
         if length < 0:
@@ -210,6 +213,8 @@ class PhysRegion:
         """Snapshot for ``dmabuf`` introspection (the ``/proc/iomem`` + buddyinfo view).
 
         An alias also reports ``alias_of`` (target name) and ``alias_offset``.
+
+        Model-only: introspection snapshot (the /proc/iomem + buddyinfo view).
         """
         d: dict[str, Any] = {
             "name": self.name,
@@ -475,6 +480,8 @@ class PhysMemory:
 
         Raises:
             DmaBufError(ENOENT): no such region.
+
+        Model-only: lookup of a named memory region of the model's machine.
         """
         try:
             return self._by_name[name]
@@ -492,6 +499,8 @@ class PhysMemory:
 
         Raises:
             IommuFault (EFAULT): no region contains ``paddr`` (a DMA there would hit nothing).
+
+        Kernel: include/linux/mmzone.h, pfn_valid() and page_zone().
         """
         if type(paddr) is not int:
             paddr = _check_int(paddr, "paddr")
@@ -506,6 +515,8 @@ class PhysMemory:
 
         Raises:
             IommuFault (EFAULT): a range is not inside one region.
+
+        Kernel: include/linux/mmzone.h, pfn_valid() and page_zone() (vectorised).
         """
         return self._locate(ranges).region.copy()
 
@@ -531,6 +542,8 @@ class PhysMemory:
 
         Raises:
             TypeError / DmaBufError(EOVERFLOW): not a valid range list.
+
+        Model-only: range-list surgery so each piece lies in one region.
         """
         r = as_ranges(ranges)
         edges = self._edges
@@ -579,6 +592,8 @@ class PhysMemory:
 
         Returns:
             A positive int, unique in this PhysMemory.
+
+        Model-only: owner ids exist only for the model's page-ownership checks.
         """
         if not isinstance(label, str):
             raise TypeError("owner label must be a str")
@@ -589,7 +604,10 @@ class PhysMemory:
         return oid
 
     def owner_label(self, owner: int) -> str:
-        """Label of an owner id (``"free"`` for 0, ``"poisoned (freed)"`` for -1)."""
+        """Label of an owner id (``"free"`` for 0, ``"poisoned (freed)"`` for -1).
+
+        Model-only: display text for the model's page-ownership checks.
+        """
         owner = int(owner)
         if owner == OWNER_FREE:
             return "free"
@@ -941,6 +959,9 @@ class PhysMemory:
         Raises:
             IommuFault (EFAULT): the first page not owned by ``owner``, saying who owns it or that
                 it is free/poisoned; also for ranges outside every region.
+
+        Model-only: page-ownership check that turns a stray access into a fault; real memory has no
+        owners.
         """
         owner = _check_int(owner, "owner")
         loc = self._locate(ranges)
@@ -955,6 +976,8 @@ class PhysMemory:
 
         Raises:
             IommuFault (EFAULT): a range outside every region.
+
+        Model-only: query for the model's page-ownership checks.
         """
         loc = self._locate(ranges)
         first, count = self._page_spans(loc)
@@ -989,6 +1012,8 @@ class PhysMemory:
         Raises:
             DmaBufError(EINVAL): negative length.
             IommuFault (EFAULT): the range is not inside one region.
+
+        Kernel: include/linux/highmem.h, kmap_local_page() / phys_to_virt().
         """
         if type(paddr) is not int:
             paddr = _check_int(paddr, "paddr")
@@ -1014,6 +1039,8 @@ class PhysMemory:
 
         Raises:
             IommuFault (EFAULT): a range outside every region.
+
+        Kernel: include/linux/string.h, memcpy() from kernel mappings of the ranges.
         """
         pieces = self._pieces(ranges)
         out = np.empty(sum(n for _, _, n in pieces), dtype=np.uint8)
@@ -1029,6 +1056,8 @@ class PhysMemory:
         Raises:
             DmaBufError(EINVAL): ``len(data)`` differs from the total length of ``ranges``.
             IommuFault (EFAULT): a range outside every region.
+
+        Kernel: include/linux/string.h, memcpy() to kernel mappings of the ranges.
         """
         src = as_bytes_array(data)
         pieces = self._pieces(ranges)
@@ -1046,6 +1075,8 @@ class PhysMemory:
 
         Raises:
             DmaBufError(EINVAL): byte out of range.  IommuFault: range outside every region.
+
+        Kernel: include/linux/string.h, memset() over kernel mappings of the ranges.
         """
         byte = _check_int(byte, "byte")
         if not 0 <= byte <= 255:
@@ -1058,6 +1089,8 @@ class PhysMemory:
 
         Raises:
             IommuFault (EFAULT): a range outside every region.
+
+        Model-only: test helper over the model's backing bytes.
         """
         crc = 0
         for backing, o, n in self._pieces(ranges):
@@ -1074,6 +1107,8 @@ class PhysMemory:
         Raises:
             DmaBufError(EINVAL): different total lengths.
             IommuFault (EFAULT): a range outside every region.
+
+        Kernel: include/linux/string.h, memcpy() over kernel mappings of the ranges.
         """
         dl = self._locate_merged(dst_ranges)
         sl = self._locate_merged(src_ranges)
@@ -1106,7 +1141,10 @@ class PhysMemory:
     # ------------------------------------------------------------------ introspection
 
     def describe(self) -> dict[str, Any]:
-        """Snapshot of every region (``/proc/iomem`` + ``/proc/buddyinfo`` in one)."""
+        """Snapshot of every region (``/proc/iomem`` + ``/proc/buddyinfo`` in one).
+
+        Model-only: introspection combining /proc/iomem and /proc/buddyinfo.
+        """
         return {"regions": [r.describe() for r in self._regions],
                 "owners": len(self._owner_labels)}
 
@@ -1222,6 +1260,8 @@ def as_bytes_array(data: Any) -> np.ndarray:
     writers accept: bytes-like objects or any numpy array, viewed as its raw bytes).
 
     Raises: TypeError: neither bytes-like nor an ndarray.
+
+    Model-only: argument normalisation for the byte-moving helpers.
     """
     if isinstance(data, np.ndarray):
         return np.ascontiguousarray(data).view(np.uint8).reshape(-1)

@@ -54,7 +54,10 @@ _U64_MAX = (1 << 64) - 1
 
 
 def empty_ranges() -> np.ndarray:
-    """Return an empty range list (``RANGE_DTYPE``, length 0)."""
+    """Return an empty range list (``RANGE_DTYPE``, length 0).
+
+    Model-only: constructor of the model's range-list type.
+    """
     return np.zeros(0, dtype=RANGE_DTYPE)
 
 
@@ -146,6 +149,8 @@ def as_ranges(obj: Any) -> np.ndarray:
     Raises:
         TypeError: not a range list.
         DmaBufError(EINVAL / EOVERFLOW): negative values, wrap past 2^64.
+
+    Model-only: validation of the model's range-list type.
     """
     return _as_ranges(obj, True)
 
@@ -179,7 +184,10 @@ def _as_ranges(obj: Any, check: bool) -> np.ndarray:
 
 
 def total_len(ranges: np.ndarray) -> int:
-    """Total number of bytes described by a range list (Σ len)."""
+    """Total number of bytes described by a range list (Σ len).
+
+    Model-only: arithmetic on the model's range-list type.
+    """
     r = as_ranges(ranges)
     if r.size == 0:
         return 0
@@ -187,7 +195,10 @@ def total_len(ranges: np.ndarray) -> int:
 
 
 def range_starts(ranges: np.ndarray) -> np.ndarray:
-    """Byte offset of each range inside the concatenated buffer (exclusive prefix sum, uint64)."""
+    """Byte offset of each range inside the concatenated buffer (exclusive prefix sum, uint64).
+
+    Model-only: arithmetic on the model's range-list type.
+    """
     r = as_ranges(ranges)
     starts = np.zeros(r.size, dtype=np.uint64)
     if r.size > 1:
@@ -500,7 +511,11 @@ def split_ranges(ranges: np.ndarray, max_len: int) -> np.ndarray:
 
 
 def ranges_aligned(ranges: np.ndarray, align: int) -> bool:
-    """True when every ``addr`` and ``len`` is a multiple of ``align`` (a power of two)."""
+    """True when every ``addr`` and ``len`` is a multiple of ``align`` (a power of two).
+
+    Raises: DmaBufError(EINVAL) when ``align`` is not a power of two.
+    Model-only: alignment check on the model's range-list type.
+    """
     r = as_ranges(ranges)
     if align <= 0 or align & (align - 1):
         raise DmaBufError(errno.EINVAL, f"alignment {align} is not a power of two")

@@ -233,7 +233,10 @@ def _int(value: Any, what: str) -> int:
 
 
 def calc_vm_prot_bits(prot: int) -> int:
-    """``calc_vm_prot_bits()``: PROT_* to VM_READ/WRITE/EXEC."""
+    """``calc_vm_prot_bits()``: PROT_* to VM_READ/WRITE/EXEC.
+
+    Kernel: include/linux/mman.h, calc_vm_prot_bits().
+    """
     return ((VM_READ if prot & PROT_READ else 0) | (VM_WRITE if prot & PROT_WRITE else 0)
             | (VM_EXEC if prot & PROT_EXEC else 0))
 
@@ -245,7 +248,10 @@ class VmOperations:
     name: str = ""
 
     def close(self, vma: Vma) -> None:
-        """The VMA is being unmapped — ``vm_ops->close``."""
+        """The VMA is being unmapped — ``vm_ops->close``.
+
+        Kernel: include/linux/mm.h, struct vm_operations_struct.close.
+        """
 
 
 @dataclass
@@ -400,11 +406,17 @@ class Vma:
         return "anon"
 
     def index(self, addr: int) -> int:
-        """Page index of ``addr`` in this VMA."""
+        """Page index of ``addr`` in this VMA.
+
+        Model-only: page offset inside the VMA, i.e. linear_page_index() without vma->vm_pgoff.
+        """
         return (addr - self.start) >> PAGE_SHIFT
 
     def describe(self) -> dict[str, Any]:
-        """Snapshot: range, flags, kind, resident pages."""
+        """Snapshot: range, flags, kind, resident pages.
+
+        Model-only: introspection snapshot; the kernel has no such call.
+        """
         return {"start": self.start, "end": self.end, "flags": self.flags, "kind": self.kind,
                 "name": self.name, "present": int(np.count_nonzero(self.pte & PTE_PRESENT)),
                 "device_private": int(np.count_nonzero(self.pte & PTE_DEVICE_PRIVATE))}
@@ -415,7 +427,10 @@ class Vma:
 
 
 def vma_is_anonymous(vma: Vma) -> bool:
-    """``vma_is_anonymous()``: no file and no vm_ops."""
+    """``vma_is_anonymous()``: no file and no vm_ops.
+
+    Kernel: include/linux/mm.h, vma_is_anonymous().
+    """
     return vma.file is None and vma.vm_ops is None and not (vma.flags & (VM_PFNMAP | VM_MIXEDMAP))
 
 
@@ -484,7 +499,10 @@ class MmStruct:
 
     # ------------------------------------------------------------------ notifiers
     def notifier_subscriptions(self, create: bool = True) -> MmuNotifierSubscriptions | None:
-        """``mm->notifier_subscriptions`` (allocated on first registration when ``create``)."""
+        """``mm->notifier_subscriptions`` (allocated on first registration when ``create``).
+
+        Kernel: include/linux/mm_types.h, mm_struct.notifier_subscriptions.
+        """
         if self._subs is None and create:
             with self._subs_lock:
                 if self._subs is None:
@@ -493,24 +511,39 @@ class MmStruct:
 
     # ------------------------------------------------------------------ locks
     def mmap_read_lock(self) -> None:
-        """``mmap_read_lock()``: take the mmap semaphore for reading (may sleep)."""
+        """``mmap_read_lock()``: take the mmap semaphore for reading (may sleep).
+
+        Kernel: include/linux/mmap_lock.h, mmap_read_lock().
+        """
         self.mmap_lock.down_read()
 
     def mmap_read_unlock(self) -> None:
-        """``mmap_read_unlock()``."""
+        """``mmap_read_unlock()``.
+
+        Kernel: include/linux/mmap_lock.h, mmap_read_unlock().
+        """
         self.mmap_lock.up_read()
 
     def mmap_write_lock(self) -> None:
-        """``mmap_write_lock()``: take the mmap semaphore for writing (may sleep)."""
+        """``mmap_write_lock()``: take the mmap semaphore for writing (may sleep).
+
+        Kernel: include/linux/mmap_lock.h, mmap_write_lock().
+        """
         self.mmap_lock.down_write()
 
     def mmap_write_unlock(self) -> None:
-        """``mmap_write_unlock()``."""
+        """``mmap_write_unlock()``.
+
+        Kernel: include/linux/mmap_lock.h, mmap_write_unlock().
+        """
         self.mmap_lock.up_write()
 
     @contextmanager
     def read_locked(self) -> Iterator[MmStruct]:
-        """``with mm.read_locked():`` — mmap_read_lock … mmap_read_unlock."""
+        """``with mm.read_locked():`` — mmap_read_lock … mmap_read_unlock.
+
+        Kernel: include/linux/mmap_lock.h, mmap_read_lock() / mmap_read_unlock().
+        """
         self.mmap_read_lock()
         try:
             yield self
@@ -519,7 +552,10 @@ class MmStruct:
 
     @contextmanager
     def write_locked(self) -> Iterator[MmStruct]:
-        """``with mm.write_locked():`` — mmap_write_lock … mmap_write_unlock."""
+        """``with mm.write_locked():`` — mmap_write_lock … mmap_write_unlock.
+
+        Kernel: include/linux/mmap_lock.h, mmap_write_lock() / mmap_write_unlock().
+        """
         self.mmap_write_lock()
         try:
             yield self
@@ -527,13 +563,19 @@ class MmStruct:
             self.mmap_write_unlock()
 
     def assert_locked(self, what: str = "") -> None:
-        """``mmap_assert_locked()`` (lockdep): the caller holds the mmap lock."""
+        """``mmap_assert_locked()`` (lockdep): the caller holds the mmap lock.
+
+        Kernel: include/linux/mmap_lock.h, mmap_assert_locked().
+        """
         self.machine.lockdep.assert_held(self.mmap_lock, "mmap_assert_locked",
                                          what or f"{self.name}.mmap_lock")
 
     @contextmanager
     def pt_locked(self) -> Iterator[None]:
-        """Hold the page-table lock (``pte_offset_map_lock``)."""
+        """Hold the page-table lock (``pte_offset_map_lock``).
+
+        Kernel: include/linux/mm.h, pte_offset_map_lock() / pte_unmap_unlock().
+        """
         ld = self.machine.lockdep
         ld.acquire(self.ptl, "ptlock", spin=True)
         self.ptl.acquire()
@@ -553,7 +595,10 @@ class MmStruct:
             ld.acquire(self.ptl, "ptlock", spin=True, trylock=True)
 
     def wake_migration_waiters(self) -> None:
-        """Wake threads waiting on migration entries (``folio_unlock`` of migrated folios)."""
+        """Wake threads waiting on migration entries (``folio_unlock`` of migrated folios).
+
+        Kernel: mm/filemap.c, folio_unlock() of migrated folios (wakes migration_entry_wait()).
+        """
         with self.pt_locked():
             self._ptl_cond.notify_all()
 
@@ -563,7 +608,11 @@ class MmStruct:
         self._starts = [v.start for v in self.vmas]
 
     def find_vma(self, addr: int) -> Vma | None:
-        """The first VMA with ``end > addr`` — ``find_vma()`` (it may start above ``addr``)."""
+        """The first VMA with ``end > addr`` — ``find_vma()`` (it may start above ``addr``).
+
+        Context: the kernel requires the mmap lock (read or write); the model does not assert it.
+        Kernel: mm/mmap.c, find_vma().
+        """
         i = bisect.bisect_right(self._starts, addr) - 1
         if i >= 0 and self.vmas[i].end > addr:
             return self.vmas[i]
@@ -572,14 +621,21 @@ class MmStruct:
         return None
 
     def vma_lookup(self, addr: int) -> Vma | None:
-        """The VMA containing ``addr`` or None — ``vma_lookup()``."""
+        """The VMA containing ``addr`` or None — ``vma_lookup()``.
+
+        Context: the kernel requires the mmap lock (read or write); the model does not assert it.
+        Kernel: include/linux/mm.h, vma_lookup().
+        """
         i = bisect.bisect_right(self._starts, addr) - 1
         if i >= 0 and self.vmas[i].start <= addr < self.vmas[i].end:
             return self.vmas[i]
         return None
 
     def vmas_in(self, start: int, end: int) -> list[Vma]:
-        """VMAs intersecting ``[start, end)``, in address order."""
+        """VMAs intersecting ``[start, end)``, in address order.
+
+        Kernel: include/linux/mm.h, for_each_vma_range().
+        """
         i = max(bisect.bisect_right(self._starts, start) - 1, 0)
         out = []
         for v in self.vmas[i:]:
@@ -1281,12 +1337,18 @@ class MmStruct:
         self._access(addr, int(src.size), True, lambda r: self.phys.write(r, src))
 
     def fill(self, addr: int, length: int, byte: int) -> None:
-        """CPU ``memset`` of ``[addr, addr + length)``."""
+        """CPU ``memset`` of ``[addr, addr + length)``.
+
+        Model-only: a user-space memset through the CPU page tables (faults as a write).
+        """
         length = _int(length, "length")
         self._access(addr, length, True, lambda r: self.phys.fill(r, byte))
 
     def checksum(self, addr: int, length: int) -> int:
-        """CRC-32 of the bytes the CPU reads at ``[addr, addr + length)`` (faults as a read)."""
+        """CRC-32 of the bytes the CPU reads at ``[addr, addr + length)`` (faults as a read).
+
+        Model-only: test helper reading through the CPU page tables.
+        """
         length = _int(length, "length")
         if length == 0:
             return zlib.crc32(b"")
@@ -1297,6 +1359,8 @@ class MmStruct:
         """Snapshot the entries of ``npages`` pages from ``addr`` (like /proc/pid/pagemap).
 
         Returns: ``(pfn, pte)`` arrays; unmapped pages read as (0, 0). No fault is taken.
+
+        Kernel: fs/proc/task_mmu.c, pagemap_read() (the /proc/pid/pagemap view).
         """
         start = _int(addr, "addr") & ~(PAGE_SIZE - 1)
         npages = _int(npages, "npages")
@@ -1312,7 +1376,10 @@ class MmStruct:
         return pfn, pte
 
     def describe(self) -> dict[str, Any]:
-        """Snapshot: VMAs, pins, stats, notifier state."""
+        """Snapshot: VMAs, pins, stats, notifier state.
+
+        Model-only: introspection snapshot; the kernel has no such call.
+        """
         subs = self._subs
         return {"name": self.name, "users": self.users,
                 "vmas": [v.describe() for v in self.vmas], "pinned_pages": self.pinned_pages,
@@ -1449,7 +1516,10 @@ def vm_insert_pages(vma: Vma, addr: int, paddrs: Any) -> None:
 
 
 def vm_insert_page(vma: Vma, addr: int, paddr: int) -> None:
-    """Insert one page — ``vm_insert_page()`` (see :func:`vm_insert_pages`)."""
+    """Insert one page — ``vm_insert_page()`` (see :func:`vm_insert_pages`).
+
+    Kernel: mm/memory.c, vm_insert_page().
+    """
     vm_insert_pages(vma, addr, [paddr])
 
 

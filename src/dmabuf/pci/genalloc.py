@@ -101,6 +101,8 @@ class GenPool:
         Raises:
             DmaBufError(EINVAL): size not a positive multiple of the granule, or overlap with a
                 chunk already in the pool.
+
+        Kernel: lib/genalloc.c, gen_pool_add_owner().
         """
         g = self.granule
         if size <= 0 or size % g or virt < 0 or virt % g:
@@ -122,6 +124,9 @@ class GenPool:
         Returns:
             ``(addr, owner)``; ``(0, None)`` when ``size`` is 0 or no chunk has room (the
             kernel's NULL).
+
+        Raises: DmaBufError(EINVAL) when ``size`` is not a non-negative int.
+        Kernel: lib/genalloc.c, gen_pool_alloc_owner().
         """
         if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 0:
             raise DmaBufError(errno.EINVAL, f"gen_pool_alloc: size must be a non-negative int, "
@@ -149,6 +154,8 @@ class GenPool:
         Raises:
             ContractViolation("gen_pool_free"): ``addr`` is in no chunk, the range runs past the
                 chunk, or some of its pages are not allocated (the kernel ``BUG_ON``s).
+
+        Kernel: lib/genalloc.c, gen_pool_free_owner().
         """
         nr = -(-int(size) // self.granule)
         with self._lock:
@@ -167,28 +174,43 @@ class GenPool:
         raise ContractViolation("gen_pool_free", f"address {addr:#x} is not in this pool")
 
     def virt_to_phys(self, addr: int) -> int:
-        """The chunk "physical" (bus) address of ``addr``; -1 if none — gen_pool_virt_to_phys()."""
+        """The chunk "physical" (bus) address of ``addr``; -1 if none — gen_pool_virt_to_phys().
+
+        Kernel: lib/genalloc.c, gen_pool_virt_to_phys().
+        """
         for c in self.chunks:
             if c.start_addr <= addr <= c.end_addr:
                 return c.phys_addr + (addr - c.start_addr)
         return -1
 
     def has_addr(self, addr: int, size: int) -> bool:
-        """``gen_pool_has_addr()``: the whole range lies in one chunk."""
+        """``gen_pool_has_addr()``: the whole range lies in one chunk.
+
+        Kernel: lib/genalloc.c, gen_pool_has_addr().
+        """
         end = addr + size - 1
         return any(c.start_addr <= addr and end <= c.end_addr for c in self.chunks)
 
     def size(self) -> int:
-        """Total bytes of all chunks — ``gen_pool_size()``."""
+        """Total bytes of all chunks — ``gen_pool_size()``.
+
+        Kernel: lib/genalloc.c, gen_pool_size().
+        """
         return sum(c.size for c in self.chunks)
 
     def avail(self) -> int:
-        """Free bytes — ``gen_pool_avail()``."""
+        """Free bytes — ``gen_pool_avail()``.
+
+        Kernel: lib/genalloc.c, gen_pool_avail().
+        """
         return sum(int(c.bits.size - np.count_nonzero(c.bits)) * self.granule
                    for c in self.chunks)
 
     def describe(self) -> dict[str, Any]:
-        """JSON-friendly snapshot."""
+        """JSON-friendly snapshot.
+
+        Model-only: introspection snapshot; the kernel has no such call.
+        """
         return {"size": self.size(), "available": self.avail(), "granule": self.granule,
                 "chunks": [{"start": c.start_addr, "size": c.size, "phys": c.phys_addr,
                             "used_pages": int(np.count_nonzero(c.bits))} for c in self.chunks]}

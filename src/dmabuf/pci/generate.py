@@ -65,6 +65,9 @@ def generate_topology(endpoints: int = 1000, *, root_ports: int = 8, switch_dept
 
     Raises:
         DmaBufError(EINVAL): bad parameters.
+
+    Model-only: synthetic fabrics for benchmarks and property tests; the kernel enumerates real
+    hardware.
     """
     if not isinstance(endpoints, int) or endpoints <= 0:
         raise DmaBufError(errno.EINVAL, f"endpoints must be a positive int, got {endpoints!r}")

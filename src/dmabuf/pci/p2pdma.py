@@ -153,7 +153,11 @@ class WhitelistEntry:
     comment: str
 
     def matches(self, vendor: int, device: int) -> bool:
-        """Vendor equal and device equal or ``PCI_ANY_ID``."""
+        """Vendor equal and device equal or ``PCI_ANY_ID``.
+
+        Kernel: drivers/pci/p2pdma.c, __host_bridge_whitelist() (vendor/device match of
+        pci_p2pdma_whitelist[]).
+        """
         return vendor == self.vendor and (self.device is None or device == self.device)
 
 
@@ -205,7 +209,10 @@ class P2pdmaProvider:
     bus_offset: int
 
     def bus_addr_map(self, paddr: int) -> int:
-        """``pci_p2pdma_bus_addr_map()``: the PCI bus address of CPU address ``paddr``."""
+        """``pci_p2pdma_bus_addr_map()``: the PCI bus address of CPU address ``paddr``.
+
+        Kernel: include/linux/pci-p2pdma.h, pci_p2pdma_bus_addr_map().
+        """
         return paddr + self.bus_offset
 
 
@@ -350,7 +357,11 @@ class PciP2pdma:
                 self.mem[i] = P2pdmaProvider(owner, i, b.bus_offset)
 
     def describe(self) -> dict[str, Any]:
-        """The sysfs ``p2pmem/`` view (size, available, published) plus model extras."""
+        """The sysfs ``p2pmem/`` view (size, available, published) plus model extras.
+
+        Kernel: drivers/pci/p2pdma.c, the p2pmem sysfs attributes (size_show(), available_show(),
+        published_show()).
+        """
         return {
             "size": self.pool.size() if self.pool else 0,
             "available": self.pool.avail() if self.pool else 0,
@@ -395,6 +406,9 @@ def find_provider(topo: Topology, paddr: int) -> P2pdmaProvider | None:
 
     The model's ``page_pgmap(page)`` → provider for the whole-BAR provider API
     (``pcim_p2pdma_provider``), O(log n).
+
+    Model-only: the kernel finds the provider through the page's pgmap (page_pgmap()), which the
+    model replaces by a BAR lookup.
     """
     idx = topo._provider_index
     if idx is None:
@@ -580,6 +594,8 @@ def pci_free_p2pmem(pdev: PciDev, addr: int, size: int) -> None:
 
     Raises:
         ContractViolation("gen_pool_free"): not allocated from this device / double free.
+
+    Kernel: drivers/pci/p2pdma.c, pci_free_p2pmem().
     """
     p2p = pdev.p2pdma
     if p2p is None or p2p.pool is None:
@@ -594,6 +610,8 @@ def pci_p2pmem_virt_to_bus(pdev: PciDev, addr: int | None) -> int:
     Returns:
         The bus address; 0 when ``addr`` is 0/None or the device has no p2pdma; -1 (the
         genpool's answer) when ``addr`` is not in the pool.
+
+    Kernel: drivers/pci/p2pdma.c, pci_p2pmem_virt_to_bus().
     """
     if not addr:
         return 0
@@ -669,6 +687,8 @@ def p2pmem_alloc_mmap(pdev: PciDev, length: int, *, shared: bool = True,
     Raises:
         DmaBufError(EINVAL): private mapping, non-zero offset, or a length that is not a
             positive page multiple; (ENODEV) no p2pdma; (ENOMEM) pool exhausted.
+
+    Kernel: drivers/pci/p2pdma.c, p2pmem_alloc_mmap().
     """
     if not shared:
         raise DmaBufError(errno.EINVAL, f"{pdev.label}: p2pmem/allocate: attempted private "
@@ -702,6 +722,8 @@ def pci_p2pdma_enable_store(topo: Topology, page: str) -> tuple[PciDev | None, b
 
     Raises:
         DmaBufError(ENODEV): a device without published p2pmem, or text that is neither.
+
+    Kernel: drivers/pci/p2pdma.c, pci_p2pdma_enable_store().
     """
     text = page.rstrip("\n")
     if topo.has_device(text):
@@ -1030,6 +1052,8 @@ def pci_p2pdma_map_type_dev(pdev: PciDev, client: PciDev) -> PciP2pdmaMapType:
 
     The decision is per device pair (the cache hangs off ``pdev->p2pdma``), so which BAR does
     not matter. Fast path for the DMA layer: one dict lookup when cached.
+
+    Kernel: include/linux/pci-p2pdma.h, pci_p2pdma_map_type() (provider given as a function).
     """
     p2p = pdev.p2pdma
     if p2p is None or client.topology is not pdev.topology:
@@ -1105,12 +1129,18 @@ class P2pMatrix:
     distance: np.ndarray
 
     def get(self, provider: PciDev, client: PciDev) -> tuple[PciP2pdmaMapType, int]:
-        """The decision for one pair."""
+        """The decision for one pair.
+
+        Kernel: drivers/pci/p2pdma.c, calc_map_type_and_dist() (one cached pair of the matrix).
+        """
         i, j = self.devices.index(provider), self.devices.index(client)
         return PciP2pdmaMapType(int(self.map_type[i, j])), int(self.distance[i, j])
 
     def counts(self) -> dict[str, int]:
-        """How many ordered pairs (i != j) got each map type."""
+        """How many ordered pairs (i != j) got each map type.
+
+        Model-only: statistics over the vectorised decision matrix.
+        """
         n = len(self.devices)
         off = ~np.eye(n, dtype=bool)
         return {t.name: int(np.count_nonzero((self.map_type == int(t)) & off))
@@ -1118,7 +1148,10 @@ class P2pMatrix:
                           PciP2pdmaMapType.NOT_SUPPORTED)}
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON: device list and the two matrices with map-type names."""
+        """JSON: device list and the two matrices with map-type names.
+
+        Model-only: JSON serialisation for the CLI.
+        """
         names = {int(t): t.name for t in PciP2pdmaMapType}
         return {"devices": [{"bdf": d.bdf, "name": d.name} for d in self.devices],
                 "map_type": [[names[int(v)] for v in row] for row in self.map_type],
@@ -1140,6 +1173,8 @@ def p2p_matrix(topo: Topology, devices: Sequence[PciDev]) -> P2pMatrix:
 
     Returns:
         A :class:`P2pMatrix`.
+
+    Kernel: drivers/pci/p2pdma.c, calc_map_type_and_dist() (every pair, vectorised).
     """
     devs = list(devices)
     n = len(devs)
@@ -1232,7 +1267,10 @@ class P2pExplanation:
     cached: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON form."""
+        """JSON form.
+
+        Model-only: JSON serialisation for the CLI.
+        """
         return {
             "provider": self.provider.bdf, "provider_name": self.provider.name,
             "client": self.client.bdf, "client_name": self.client.name,
@@ -1259,6 +1297,9 @@ def explain(provider: PciDev, client: PciDev) -> P2pExplanation:
     Does not touch the decision cache or :attr:`Topology.log`: the kernel lines the decision
     would print are returned in ``kernel_log``; the cached value (if the provider has one for
     this client) is reported in ``cached``, which can differ after ACS changes.
+
+    Kernel: drivers/pci/p2pdma.c, calc_map_type_and_dist() with verbose=true (replayed with
+    reasons).
     """
     topo = provider.topology
     log: list[str] = []

@@ -128,7 +128,10 @@ class PcieType(enum.IntEnum):
 
 
 def acs_names(bits: int) -> list[str]:
-    """Names of the ACS bits set in ``bits`` (``0x1d`` -> ``['SV', 'RR', 'CR', 'UF']``)."""
+    """Names of the ACS bits set in ``bits`` (``0x1d`` -> ``['SV', 'RR', 'CR', 'UF']``).
+
+    Model-only: renders PCI_ACS_* bits as lspci-style names.
+    """
     return [n for n, b in ACS_BITS.items() if bits & b]
 
 
@@ -138,6 +141,8 @@ def acs_bits_from_names(names: list[str] | tuple[str, ...], what: str) -> int:
     Args:
         names: ACS bit names (case-insensitive): SV, TB, RR, CR, UF, EC, DT.
         what: where the list came from, for the error message.
+
+    Model-only: parses the user-facing ACS names (as setpci/lspci print them) into PCI_ACS_* bits.
     """
     bits = 0
     for n in names:

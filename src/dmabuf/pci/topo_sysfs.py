@@ -139,6 +139,9 @@ def read_cpuinfo(root: Path) -> tuple[CpuInfo, str | None]:
 
     Returns:
         ``(CpuInfo, note)``; the note says what was missing (non-x86 or no file).
+
+    Model-only: parses /proc/cpuinfo (arch/x86/kernel/cpu/proc.c output) for the host-bridge
+    whitelist.
     """
     path = root / "proc" / "cpuinfo"
     text = _read_text(path)
@@ -208,6 +211,8 @@ def load_sysfs(root: str | os.PathLike[str] = "/") -> Topology:
         DmaBufError(ENOENT): no ``sys/bus/pci/devices`` under ``root``, a link target missing,
             a required attribute missing. (EINVAL): malformed attribute, link or config file.
             (EEXIST): the same function reached twice.
+
+    Model-only: reads the kernel's sysfs output (drivers/pci/pci-sysfs.c) back into a Topology.
     """
     rootp = Path(root)
     devdir = rootp / "sys" / "bus" / "pci" / "devices"

@@ -118,6 +118,9 @@ def parse_size(value: Any, what: str) -> int:
 
     Raises:
         ValueError: with a message naming ``what``.
+
+    Model-only: size parsing for the topology file (like memparse() in lib/cmdline.c, but with IEC
+    suffixes).
     """
     if isinstance(value, bool):
         raise ValueError(f"{what} must be a size (bytes, or a string like '64GiB'), not a bool")
@@ -173,7 +176,10 @@ class TomlLocator:
         return len(self.lines) + 1
 
     def table(self, name: str, index: int = 0) -> int | None:
-        """Line of the ``index``-th ``[name]`` / ``[[name]]`` header."""
+        """Line of the ``index``-th ``[name]`` / ``[[name]]`` header.
+
+        Model-only: source-line lookup for topology-file error messages.
+        """
         k = 0
         for ln, n, _a in self.headers:
             if n == name:
@@ -183,7 +189,10 @@ class TomlLocator:
         return None
 
     def subtable(self, parent: str, pindex: int, name: str, index: int) -> int | None:
-        """Line of the ``index``-th ``[[parent.name]]`` inside the ``pindex``-th ``[[parent]]``."""
+        """Line of the ``index``-th ``[[parent.name]]`` inside the ``pindex``-th ``[[parent]]``.
+
+        Model-only: source-line lookup for topology-file error messages.
+        """
         start = self.table(parent, pindex)
         if start is None:
             return None
@@ -197,7 +206,10 @@ class TomlLocator:
         return None
 
     def key(self, start: int | None, key: str) -> int | None:
-        """Line of ``key = …`` in the table starting at ``start`` (0 = top level)."""
+        """Line of ``key = …`` in the table starting at ``start`` (0 = top level).
+
+        Model-only: source-line lookup for topology-file error messages.
+        """
         begin = start or 0
         end = self._span(begin) if start else (self.headers[0][0] if self.headers else
                                                len(self.lines) + 1)
@@ -368,6 +380,8 @@ def loads_toml(text: str, *, path: str = "<string>") -> Topology:
         DmaBufError(EINVAL): ``"path:line: what is wrong, what to do"`` for syntax errors, unknown
             keys, bad values, unknown parents, cycles, duplicate addresses, overlapping BARs,
             rejected p2pmem ranges.
+
+    Model-only: the project's topology file format; the kernel enumerates hardware instead.
     """
     ctx = _Ctx(path, text)
     try:
@@ -640,6 +654,8 @@ def load_toml(path: str | os.PathLike[str]) -> Topology:
 
     Raises:
         DmaBufError(ENOENT): the file does not exist; (EINVAL) see :func:`loads_toml`.
+
+    Model-only: the project's topology file format; the kernel enumerates hardware instead.
     """
     p = Path(path)
     try:
@@ -655,7 +671,10 @@ def load_toml(path: str | os.PathLike[str]) -> Topology:
 
 
 def default_topology_path() -> str:
-    """Path of the embedded reference fabric (``dmabuf/data/default_topology.toml``)."""
+    """Path of the embedded reference fabric (``dmabuf/data/default_topology.toml``).
+
+    Model-only: locates the project's embedded data file.
+    """
     return str(resources.files("dmabuf").joinpath("data", "default_topology.toml"))
 
 
@@ -665,6 +684,8 @@ def default_topology() -> Topology:
     Single AMD Zen 4 socket: GPU0, NIC0 (+2 VFs) and NVMe0 (1 GiB CMB, published p2pmem) under a
     Gen5 switch with ACS redirect off on its downstream ports; GPU1, NIC1, NVMe1 and an
     accelerator on their own root ports.
+
+    Model-only: the project's reference fabric file; no kernel counterpart.
     """
     ref = resources.files("dmabuf").joinpath("data", "default_topology.toml")
     return loads_toml(ref.read_text(encoding="utf-8"), path="<default topology>")

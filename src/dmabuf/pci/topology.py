@@ -112,6 +112,8 @@ def parse_bdf(text: str) -> tuple[int, int, int, int]:
 
     Raises:
         DmaBufError(EINVAL): not a PCI address; slot above 0x1f.
+
+    Model-only: parses pci_name() text back into (domain, bus, slot, function).
     """
     if not isinstance(text, str):
         raise DmaBufError(errno.EINVAL, f"PCI address must be a string like '0000:03:00.0', "
@@ -129,17 +131,26 @@ def parse_bdf(text: str) -> tuple[int, int, int, int]:
 
 
 def format_bdf(domain: int, bus: int, devfn: int) -> str:
-    """``pci_name()``: ``"%04x:%02x:%02x.%d"`` of domain, bus, PCI_SLOT(devfn), PCI_FUNC(devfn)."""
+    """``pci_name()``: ``"%04x:%02x:%02x.%d"`` of domain, bus, PCI_SLOT(devfn), PCI_FUNC(devfn).
+
+    Kernel: include/linux/pci.h, pci_name().
+    """
     return f"{domain:04x}:{bus:02x}:{devfn >> 3:02x}.{devfn & 7}"
 
 
 def is_bdf(text: str) -> bool:
-    """True when ``text`` looks like a PCI address (with or without domain)."""
+    """True when ``text`` looks like a PCI address (with or without domain).
+
+    Model-only: input-format check for the CLI.
+    """
     return bool(_BDF_RE.match(text.strip()))
 
 
 def host_bridge_name(domain: int, bus: int) -> str:
-    """The sysfs name of a host bridge's root bus device: ``pci0000:00``."""
+    """The sysfs name of a host bridge's root bus device: ``pci0000:00``.
+
+    Kernel: drivers/pci/probe.c, pci_register_host_bridge() (the "pci%04x:%02x" name).
+    """
     return f"pci{domain:04x}:{bus:02x}"
 
 
@@ -194,7 +205,10 @@ class Bar:
         return self.start + self.bus_offset
 
     def describe(self) -> dict[str, Any]:
-        """JSON-friendly snapshot."""
+        """JSON-friendly snapshot.
+
+        Model-only: JSON snapshot for the CLI.
+        """
         return {"index": self.index, "start": self.start, "size": self.size,
                 "flags": self.flags, "mem": self.is_mem, "io": self.is_io,
                 "prefetchable": self.prefetchable, "mem64": self.mem64,
@@ -217,7 +231,10 @@ class Acs:
         return bool(self.ctrl & (PCI_ACS_RR | PCI_ACS_CR | PCI_ACS_EC))
 
     def describe(self) -> dict[str, Any]:
-        """JSON-friendly snapshot with bit names."""
+        """JSON-friendly snapshot with bit names.
+
+        Model-only: JSON snapshot for the CLI.
+        """
         return {"cap": self.cap, "ctrl": self.ctrl, "cap_bits": acs_names(self.cap),
                 "ctrl_bits": acs_names(self.ctrl), "redirects": self.redirects}
 
@@ -233,12 +250,18 @@ class Link:
 
     @staticmethod
     def gen_of(speed: float | None) -> int | None:
-        """PCIe generation of a GT/s figure (2.5 -> 1 … 64 -> 6)."""
+        """PCIe generation of a GT/s figure (2.5 -> 1 … 64 -> 6).
+
+        Model-only: GT/s-to-generation lookup for display.
+        """
         gens = {2.5: 1, 5.0: 2, 8.0: 3, 16.0: 4, 32.0: 5, 64.0: 6}
         return gens.get(speed) if speed is not None else None
 
     def text(self) -> str:
-        """``"Gen5 x16"`` (current), or ``""`` when unknown."""
+        """``"Gen5 x16"`` (current), or ``""`` when unknown.
+
+        Model-only: display text, like lspci's LnkSta line.
+        """
         if self.speed is None and self.width is None:
             return ""
         g = self.gen_of(self.speed)
@@ -246,14 +269,21 @@ class Link:
         return f"{sp} x{self.width}" if self.width else sp
 
     def bandwidth_gbs(self) -> float | None:
-        """Per-direction payload bandwidth in GB/s (128b/130b from Gen3, 8b/10b before)."""
+        """Per-direction payload bandwidth in GB/s (128b/130b from Gen3, 8b/10b before).
+
+        Model-only: link-rate arithmetic for the simulator (the kernel's pcie_bandwidth_available()
+        works in Mb/s).
+        """
         if self.speed is None or self.width is None:
             return None
         enc = 0.8 if self.speed <= 5.0 else 128 / 130
         return self.speed * enc / 8 * self.width
 
     def describe(self) -> dict[str, Any]:
-        """JSON-friendly snapshot."""
+        """JSON-friendly snapshot.
+
+        Model-only: JSON snapshot for the CLI.
+        """
         return {"speed_gts": self.speed, "width": self.width, "max_speed_gts": self.max_speed,
                 "max_width": self.max_width, "text": self.text(),
                 "bandwidth_gbs": self.bandwidth_gbs()}
@@ -280,7 +310,10 @@ class CpuInfo:
         return self.vendor_id == "AuthenticAMD" and self.family >= 0x17
 
     def describe(self) -> dict[str, Any]:
-        """JSON-friendly snapshot."""
+        """JSON-friendly snapshot.
+
+        Model-only: JSON snapshot for the CLI.
+        """
         return {"vendor_id": self.vendor_id, "family": self.family,
                 "family_hex": hex(self.family), "model_name": self.model_name,
                 "cpu_supports_p2pdma": self.supports_p2pdma}
@@ -323,7 +356,10 @@ class HostBridge:
         return None
 
     def describe(self) -> dict[str, Any]:
-        """JSON-friendly snapshot."""
+        """JSON-friendly snapshot.
+
+        Model-only: JSON snapshot for the CLI.
+        """
         root = self.root_dev()
         return {"name": self.name, "label": self.label, "domain": self.domain, "bus": self.bus,
                 "numa_node": self.numa_node,
@@ -432,7 +468,10 @@ class PciDev:
         return f"{self.name} ({self.bdf})" if self.name else self.bdf
 
     def kind(self) -> str:
-        """Short role text: ``root port``, ``switch upstream``, ``endpoint``, ``VF``…"""
+        """Short role text: ``root port``, ``switch upstream``, ``endpoint``, ``VF``…
+
+        Kernel: include/linux/pci.h, pci_pcie_type() (as short text).
+        """
         if self.is_virtfn:
             return "VF"
         if self.pcie_type is not None:
@@ -451,7 +490,10 @@ class PciDev:
         return dev.parent
 
     def chain(self) -> list[PciDev]:
-        """This function and every ``pci_upstream_bridge()`` above it, nearest first."""
+        """This function and every ``pci_upstream_bridge()`` above it, nearest first.
+
+        Kernel: include/linux/pci.h, pci_upstream_bridge() (walked to the root).
+        """
         out: list[PciDev] = []
         d: PciDev | None = self
         while d is not None:
@@ -460,15 +502,24 @@ class PciDev:
         return out
 
     def bar(self, index: int) -> Bar | None:
-        """``pdev->resource[index]`` if the BAR is implemented (non-zero size)."""
+        """``pdev->resource[index]`` if the BAR is implemented (non-zero size).
+
+        Kernel: include/linux/pci.h, pci_resource_len() / pdev->resource[].
+        """
         return self.bars.get(index)
 
     def dev_printk_prefix(self) -> str:
-        """``dev_driver_string()`` + ``dev_name()``: ``"nvme 0000:03:00.0"``, ``"pci …"``."""
+        """``dev_driver_string()`` + ``dev_name()``: ``"nvme 0000:03:00.0"``, ``"pci …"``.
+
+        Kernel: drivers/base/core.c, dev_driver_string() and dev_name().
+        """
         return f"{self.driver or 'pci'} {self.bdf}"
 
     def describe(self) -> dict[str, Any]:
-        """JSON-friendly snapshot (what ``dmabuf topo show --json`` prints)."""
+        """JSON-friendly snapshot (what ``dmabuf topo show --json`` prints).
+
+        Model-only: JSON snapshot for ``dmabuf topo show --json``.
+        """
         p2p = self.p2pdma.describe() if self.p2pdma is not None else None
         return {
             "bdf": self.bdf, "name": self.name, "kind": self.kind(),
@@ -537,6 +588,8 @@ class Topology:
 
         Raises:
             TopologyError(EEXIST): the root bus exists; (EINVAL) bad numbers or label.
+
+        Kernel: drivers/pci/probe.c, pci_create_root_bus().
         """
         self._check_open()
         if not (0 <= domain <= 0xFFFFF) or not (0 <= bus <= 0xFF):
@@ -572,6 +625,8 @@ class Topology:
 
         Raises:
             TopologyError(EEXIST): duplicate BDF or name; (EINVAL) malformed values.
+
+        Model-only: builds the tree the kernel discovers in drivers/pci/probe.c, pci_scan_device().
         """
         self._check_open()
         dom, bus, slot, fn = parse_bdf(bdf)
@@ -665,6 +720,8 @@ class Topology:
 
         Raises:
             TopologyError: with ``device`` set to the offending function.
+
+        Model-only: validation of a hand-built tree; the kernel's tree is correct by construction.
         """
         self._check_open()
         # 1. resolve physfn links (VFs)
@@ -791,7 +848,10 @@ class Topology:
         return len(self._devices)
 
     def endpoints(self) -> list[PciDev]:
-        """Functions that are not bridges nor root-complex host-bridge functions."""
+        """Functions that are not bridges nor root-complex host-bridge functions.
+
+        Model-only: a filtered device list for the CLI and simulator.
+        """
         return [d for d in self._devices if d.is_endpoint]
 
     def _candidates(self, ref: str, limit: int = 12) -> str:
@@ -805,7 +865,10 @@ class Topology:
         return f"{hint}candidates: {shown or '(none)'}"
 
     def has_device(self, ref: str) -> bool:
-        """True when ``ref`` (name or BDF) resolves to a function."""
+        """True when ``ref`` (name or BDF) resolves to a function.
+
+        Model-only: existence check for the CLI.
+        """
         try:
             self.device(ref)
         except DmaBufError:
@@ -817,6 +880,8 @@ class Topology:
 
         Raises:
             DmaBufError(ENODEV): unknown; the message lists close matches and candidates.
+
+        Kernel: drivers/pci/search.c, pci_get_domain_bus_and_slot() (also resolves model names).
         """
         if isinstance(ref, PciDev):
             if ref.topology is not self:
@@ -844,6 +909,8 @@ class Topology:
 
         Raises:
             DmaBufError(ENODEV): unknown.
+
+        Model-only: lookup of a host bridge by label or root-bus name.
         """
         obj = self._by_name.get(ref)
         if isinstance(obj, HostBridge):
@@ -861,6 +928,8 @@ class Topology:
         Raises:
             DmaBufError(ENODEV): unknown device; (EINVAL) the function has no ACS capability or
                 ``ctrl`` is not a 16-bit value.
+
+        Kernel: drivers/pci/access.c, pci_write_config_word() at pos + PCI_ACS_CTRL.
         """
         dev = self.device(ref)
         if not isinstance(ctrl, int) or isinstance(ctrl, bool) or not 0 <= ctrl <= 0xFFFF:
@@ -950,13 +1019,18 @@ class Topology:
 
         Raises:
             DmaBufError(ENODEV): unknown device.
+
+        Kernel: drivers/iommu/iommu.c, iommu_group_id().
         """
         return self.device(device).iommu_group
 
     # -- P2P conveniences (implemented in dmabuf.pci.p2pdma) ----------------------------------
     def calc_map_type_and_dist(self, provider: str | PciDev, client: str | PciDev, *,
                                verbose: bool = True) -> tuple[PciP2pdmaMapType, int]:
-        """Compute (and cache) the decision — ``calc_map_type_and_dist()``; see p2pdma."""
+        """Compute (and cache) the decision — ``calc_map_type_and_dist()``; see p2pdma.
+
+        Kernel: drivers/pci/p2pdma.c, calc_map_type_and_dist().
+        """
         from dmabuf.pci import p2pdma
 
         return p2pdma.calc_map_type_and_dist(self.device(provider), self.device(client),
@@ -964,7 +1038,10 @@ class Topology:
 
     def distance(self, provider: str | PciDev, clients: str | PciDev | list[str | PciDev], *,
                  verbose: bool = False) -> int:
-        """``pci_p2pdma_distance_many()`` for one or several clients (-1 if any is refused)."""
+        """``pci_p2pdma_distance_many()`` for one or several clients (-1 if any is refused).
+
+        Kernel: drivers/pci/p2pdma.c, pci_p2pdma_distance_many().
+        """
         from dmabuf.pci import p2pdma
 
         lst = clients if isinstance(clients, list) else [clients]
@@ -972,13 +1049,19 @@ class Topology:
                                                [self.device(c) for c in lst], verbose=verbose)
 
     def explain(self, provider: str | PciDev, client: str | PciDev) -> P2pExplanation:
-        """The kernel's decision for (provider, client), step by step; see p2pdma.explain."""
+        """The kernel's decision for (provider, client), step by step; see p2pdma.explain.
+
+        Kernel: drivers/pci/p2pdma.c, calc_map_type_and_dist() (verbose, step by step).
+        """
         from dmabuf.pci import p2pdma
 
         return p2pdma.explain(self.device(provider), self.device(client))
 
     def matrix(self, devices: Sequence[str | PciDev] | None = None) -> P2pMatrix:
-        """Map type and distance of every pair (vectorised); see p2pdma.p2p_matrix."""
+        """Map type and distance of every pair (vectorised); see p2pdma.p2p_matrix.
+
+        Kernel: drivers/pci/p2pdma.c, calc_map_type_and_dist() (every pair, vectorised).
+        """
         from dmabuf.pci import p2pdma
 
         devs = [self.device(d) for d in devices] if devices is not None else self.endpoints()
@@ -1019,7 +1102,10 @@ class Topology:
         return out
 
     def describe(self) -> dict[str, Any]:
-        """JSON-friendly snapshot of the whole topology."""
+        """JSON-friendly snapshot of the whole topology.
+
+        Model-only: JSON snapshot for the CLI.
+        """
         return {"source": self.source, "description": self.description,
                 "cpu": self.cpu.describe(),
                 "host_bridges": [h.describe() for h in self.host_bridges],

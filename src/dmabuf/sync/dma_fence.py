@@ -202,7 +202,10 @@ class DmaFenceOps:
         self.timeline_name = timeline_name
 
     def provides(self, member: str) -> bool:
-        """Whether the optional ``member`` is provided (the kernel's ``ops->member != NULL``)."""
+        """Whether the optional ``member`` is provided (the kernel's ``ops->member != NULL``).
+
+        Model-only: the kernel tests ``ops->member != NULL`` inline; Python needs a helper.
+        """
         if member in ("get_driver_name", "get_timeline_name"):
             return self._has_names()
         if member not in _OPTIONAL_OPS:
@@ -217,35 +220,66 @@ class DmaFenceOps:
 
     # mandatory ------------------------------------------------------------------------------
     def get_driver_name(self, fence: DmaFence) -> str:
-        """The name of the driver that issued ``fence`` (mandatory)."""
+        """The name of the driver that issued ``fence`` (mandatory).
+
+        Context: any; may be called under the fence lock; must not block.
+        Raises: ContractViolation (the kernel WARNs) when no name was given.
+        Kernel: include/linux/dma-fence.h, struct dma_fence_ops.get_driver_name.
+        """
         if self.driver_name is None:
             raise ContractViolation("dma_fence_ops", "get_driver_name is mandatory")
         return self.driver_name
 
     def get_timeline_name(self, fence: DmaFence) -> str:
-        """The name of the timeline ``fence`` is on (mandatory)."""
+        """The name of the timeline ``fence`` is on (mandatory).
+
+        Context: any; may be called under the fence lock; must not block.
+        Raises: ContractViolation (the kernel WARNs) when no name was given.
+        Kernel: include/linux/dma-fence.h, struct dma_fence_ops.get_timeline_name.
+        """
         if self.timeline_name is None:
             raise ContractViolation("dma_fence_ops", "get_timeline_name is mandatory")
         return self.timeline_name
 
     # optional (the base versions are never called: they mark "not provided") ---------------
     def enable_signaling(self, fence: DmaFence) -> bool:
-        """Start signalling ``fence`` (fence lock held); False = already passed. Optional."""
+        """Start signalling ``fence`` (fence lock held); False = already passed. Optional.
+
+        Context: called with the fence lock held (irqs off); must not block.
+        Kernel: include/linux/dma-fence.h, struct dma_fence_ops.enable_signaling.
+        """
         return True
 
     def signaled(self, fence: DmaFence) -> bool:
-        """Peek whether ``fence`` has passed. Optional."""
+        """Peek whether ``fence`` has passed. Optional.
+
+        Context: may be called with or without the fence lock; must not block.
+        Kernel: include/linux/dma-fence.h, struct dma_fence_ops.signaled.
+        """
         return False
 
     def wait(self, fence: DmaFence, intr: bool, timeout: float) -> float:
-        """Custom (deprecated) wait; contract of :meth:`DmaFence.wait_timeout`. Optional."""
+        """Custom (deprecated) wait; contract of :meth:`DmaFence.wait_timeout`. Optional.
+
+        Context: may block (interruptible when ``intr``).
+        Kernel: include/linux/dma-fence.h, struct dma_fence_ops.wait (dma_fence_wait_timeout()).
+        """
         return fence._default_wait(intr, timeout)
 
     def release(self, fence: DmaFence) -> None:
-        """Free ``fence`` (last reference gone). Optional."""
+        """Free ``fence`` (last reference gone). Optional.
+
+        Context: called from the final dma_fence_put(); must not block.
+        Kernel: include/linux/dma-fence.h, struct dma_fence_ops.release (dma_fence_release()).
+        """
 
     def set_deadline(self, fence: DmaFence, deadline: float) -> None:
-        """Deadline hint. Optional."""
+        """Deadline hint. Optional.
+
+        Context: called without the fence lock; must not block.
+        Kernel: include/linux/dma-fence.h, struct dma_fence_ops.set_deadline
+        (dma_fence_set_deadline()).
+        """
 
     def __repr__(self) -> str:
         return (f"<{type(self).__name__} driver={self.driver_name!r} "
@@ -431,7 +465,10 @@ class Interrupts:
 
     @classmethod
     def of(cls, machine: Machine | None = None) -> Interrupts:
-        """The machine's interrupt facility (default: the current machine)."""
+        """The machine's interrupt facility (default: the current machine).
+
+        Model-only: per-machine lookup of the signal facility; the kernel's is per task_struct.
+        """
         return (machine or current_machine()).state(Interrupts)
 
     @staticmethod
@@ -462,6 +499,8 @@ class Interrupts:
             target: a ``threading.Thread`` or a scheduler task.
         Context: may take the lock of the fence the target sleeps on (a scheduling point).
         Raises: TypeError if the thread cannot be identified.
+
+        Kernel: kernel/signal.c, send_sig() / signal_wake_up().
         """
         st = self._state(self._thread_of(target))
         st.pending = True
@@ -470,13 +509,19 @@ class Interrupts:
             waker()
 
     def pending(self, target: object | None = None) -> bool:
-        """``signal_pending()``: whether ``target`` (default: the calling thread) has one."""
+        """``signal_pending()``: whether ``target`` (default: the calling thread) has one.
+
+        Kernel: include/linux/sched/signal.h, signal_pending().
+        """
         with self._lock:
             st = self._threads.get(self._thread_of(target))
         return st is not None and st.pending
 
     def clear(self, target: object | None = None) -> None:
-        """Handle (drop) the pending signal of ``target`` (default: the calling thread)."""
+        """Handle (drop) the pending signal of ``target`` (default: the calling thread).
+
+        Kernel: kernel/signal.c, dequeue_signal() (the pending bit of signal_pending()).
+        """
         with self._lock:
             st = self._threads.get(self._thread_of(target))
         if st is not None:
@@ -647,7 +692,11 @@ class DmaFence:
             _run_irq_work(cpu)
 
     def assert_held(self) -> None:
-        """``dma_fence_assert_held()``: raise unless the caller holds the fence lock."""
+        """``dma_fence_assert_held()``: raise unless the caller holds the fence lock.
+
+        Kernel: include/linux/dma-fence.h, dma_fence_assert_held()
+        (lockdep_assert_held(fence->lock)).
+        """
         ld = self._lockdep
         if ld.enabled:
             ld.assert_held(self._lock, "dma_fence_assert_held",
@@ -722,16 +771,26 @@ class DmaFence:
 
     # flags ---------------------------------------------------------------------------------
     def test_bit(self, bit: int) -> bool:
-        """``test_bit(bit, &fence->flags)``."""
+        """``test_bit(bit, &fence->flags)``.
+
+        Kernel: include/linux/dma-fence.h, test_bit() on dma_fence.flags.
+        """
         return bool(self.flags & (1 << bit))
 
     def set_bit(self, bit: int) -> None:
-        """``set_bit(bit, &fence->flags)`` (atomic)."""
+        """``set_bit(bit, &fence->flags)`` (atomic).
+
+        Kernel: include/linux/dma-fence.h, set_bit() on dma_fence.flags.
+        """
         with self._core.atomic:
             self.flags |= 1 << bit
 
     def clear_bit(self, bit: int) -> None:
-        """``clear_bit(bit, &fence->flags)`` (atomic); only for driver bits >= USER_BITS."""
+        """``clear_bit(bit, &fence->flags)`` (atomic); only for driver bits >= USER_BITS.
+
+        Raises: ContractViolation for a core bit (below ``USER_BITS``).
+        Kernel: include/linux/dma-fence.h, clear_bit() on dma_fence.flags.
+        """
         if bit < DmaFenceFlag.USER_BITS:
             raise ContractViolation("dma_fence_flags", f"bit {bit} belongs to the core; "
                                     "drivers may only clear bits >= USER_BITS")
@@ -739,7 +798,10 @@ class DmaFence:
             self.flags &= ~(1 << bit)
 
     def test_and_set_bit(self, bit: int) -> bool:
-        """``test_and_set_bit(bit, &fence->flags)`` (atomic): the old value."""
+        """``test_and_set_bit(bit, &fence->flags)`` (atomic): the old value.
+
+        Kernel: include/linux/dma-fence.h, test_and_set_bit() on dma_fence.flags.
+        """
         with self._core.atomic:
             old = self.flags
             self.flags = old | (1 << bit)
@@ -1103,7 +1165,10 @@ class DmaFence:
             self.unlock_irqrestore()
 
     def pending_callbacks(self) -> int:
-        """Number of callbacks queued (introspection; the kernel's cb_list length)."""
+        """Number of callbacks queued (introspection; the kernel's cb_list length).
+
+        Model-only: introspection of the length of dma_fence.cb_list, which the kernel never counts.
+        """
         cbs = self._cbs
         return len(cbs) if cbs else 0
 
@@ -1320,7 +1385,10 @@ def spin_lock_irqsave(lock: SchedLock, lock_class: str, machine: Machine) -> Non
 
 
 def spin_unlock_irqrestore(lock: SchedLock, lock_class: str, machine: Machine) -> None:
-    """Release a lock taken with :func:`spin_lock_irqsave`; runs deferred irq_work."""
+    """Release a lock taken with :func:`spin_lock_irqsave`; runs deferred irq_work.
+
+    Kernel: include/linux/spinlock.h, spin_unlock_irqrestore().
+    """
     ld = machine.lockdep
     if ld.enabled:
         ld.release(lock, lock_class)
@@ -1332,7 +1400,10 @@ def spin_unlock_irqrestore(lock: SchedLock, lock_class: str, machine: Machine) -
 
 
 def dma_fence_is_container(fence: DmaFence) -> bool:
-    """Whether ``fence`` is a dma_fence_array or dma_fence_chain — dma_fence_is_container()."""
+    """Whether ``fence`` is a dma_fence_array or dma_fence_chain — dma_fence_is_container().
+
+    Kernel: include/linux/dma-fence.h, dma_fence_is_container().
+    """
     return fence.IS_CONTAINER
 
 
@@ -1359,12 +1430,18 @@ def dma_fence_context_alloc(num: int = 1, *, machine: Machine | None = None) -> 
 
 
 def dma_fence_is_later(f1: DmaFence, f2: DmaFence) -> bool:
-    """``f1.is_later(f2)`` — dma_fence_is_later()."""
+    """``f1.is_later(f2)`` — dma_fence_is_later().
+
+    Kernel: include/linux/dma-fence.h, dma_fence_is_later().
+    """
     return f1.is_later(f2)
 
 
 def dma_fence_is_later_or_same(f1: DmaFence, f2: DmaFence) -> bool:
-    """``f1.is_later_or_same(f2)`` — dma_fence_is_later_or_same()."""
+    """``f1.is_later_or_same(f2)`` — dma_fence_is_later_or_same().
+
+    Kernel: include/linux/dma-fence.h, dma_fence_is_later_or_same().
+    """
     return f1.is_later_or_same(f2)
 
 
@@ -1380,7 +1457,10 @@ def dma_fence_later(f1: DmaFence, f2: DmaFence) -> DmaFence | None:
 
 
 def dma_fence_was_initialized(fence: DmaFence | None) -> bool:
-    """``fence`` is not None and was initialised — dma_fence_was_initialized() (v7.1)."""
+    """``fence`` is not None and was initialised — dma_fence_was_initialized() (v7.1).
+
+    Kernel: include/linux/dma-fence.h, dma_fence_was_initialized().
+    """
     return fence is not None and fence.was_initialized()
 
 
@@ -1423,12 +1503,18 @@ def dma_fence_allocate_private_stub(timestamp: float,
 
 
 def dma_fence_begin_signalling(machine: Machine | None = None) -> int:
-    """Enter a fence-signalling section — dma_fence_begin_signalling(); returns the cookie."""
+    """Enter a fence-signalling section — dma_fence_begin_signalling(); returns the cookie.
+
+    Kernel: drivers/dma-buf/dma-fence.c, dma_fence_begin_signalling().
+    """
     return (machine or current_machine()).lockdep.begin_signalling()
 
 
 def dma_fence_end_signalling(cookie: int, machine: Machine | None = None) -> None:
-    """Leave the section entered with ``cookie`` — dma_fence_end_signalling()."""
+    """Leave the section entered with ``cookie`` — dma_fence_end_signalling().
+
+    Kernel: drivers/dma-buf/dma-fence.c, dma_fence_end_signalling().
+    """
     (machine or current_machine()).lockdep.end_signalling(cookie)
 
 

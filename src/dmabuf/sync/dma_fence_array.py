@@ -216,11 +216,17 @@ class DmaFenceArray(DmaFence):
         return False
 
     def first(self) -> DmaFence | None:
-        """The first child — dma_fence_array_first()."""
+        """The first child — dma_fence_array_first().
+
+        Kernel: drivers/dma-buf/dma-fence-array.c, dma_fence_array_first().
+        """
         return self.fences[0] if self.fences else None
 
     def next(self, index: int) -> DmaFence | None:
-        """Child ``index``, or None past the end — dma_fence_array_next()."""
+        """Child ``index``, or None past the end — dma_fence_array_next().
+
+        Kernel: drivers/dma-buf/dma-fence-array.c, dma_fence_array_next().
+        """
         return self.fences[index] if 0 <= index < len(self.fences) else None
 
 
@@ -237,12 +243,18 @@ def dma_fence_array_create(fences: Sequence[DmaFence], context: int, seqno: int,
 
 
 def dma_fence_is_array(fence: DmaFence | None) -> bool:
-    """Whether ``fence`` is a fence array — dma_fence_is_array()."""
+    """Whether ``fence`` is a fence array — dma_fence_is_array().
+
+    Kernel: include/linux/dma-fence-array.h, dma_fence_is_array().
+    """
     return isinstance(fence, DmaFenceArray)
 
 
 def to_dma_fence_array(fence: DmaFence | None) -> DmaFenceArray | None:
-    """``fence`` as an array, or None if it is not one — to_dma_fence_array()."""
+    """``fence`` as an array, or None if it is not one — to_dma_fence_array().
+
+    Kernel: include/linux/dma-fence-array.h, to_dma_fence_array().
+    """
     return fence if isinstance(fence, DmaFenceArray) else None
 
 

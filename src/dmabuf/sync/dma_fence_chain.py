@@ -170,7 +170,10 @@ class DmaFenceChain(DmaFence):
         self.put()
 
     def contained(self) -> DmaFence:
-        """The fence of this point — dma_fence_chain_contained()."""
+        """The fence of this point — dma_fence_chain_contained().
+
+        Kernel: include/linux/dma-fence-chain.h, dma_fence_chain_contained().
+        """
         return self.fence
 
 
@@ -185,12 +188,18 @@ def dma_fence_chain_init(prev: DmaFence | None, fence: DmaFence, seqno: int, *,
 
 
 def dma_fence_is_chain(fence: DmaFence | None) -> bool:
-    """Whether ``fence`` is a chain node — dma_fence_is_chain()."""
+    """Whether ``fence`` is a chain node — dma_fence_is_chain().
+
+    Kernel: include/linux/dma-fence-chain.h, dma_fence_is_chain().
+    """
     return isinstance(fence, DmaFenceChain)
 
 
 def to_dma_fence_chain(fence: DmaFence | None) -> DmaFenceChain | None:
-    """``fence`` as a chain node, or None — to_dma_fence_chain()."""
+    """``fence`` as a chain node, or None — to_dma_fence_chain().
+
+    Kernel: include/linux/dma-fence-chain.h, to_dma_fence_chain().
+    """
     return fence if isinstance(fence, DmaFenceChain) else None
 
 

@@ -732,7 +732,10 @@ class DmaResvIter:
         self.is_restarted = False
 
     def end(self) -> None:
-        """Drop the cursor's reference — ``dma_resv_iter_end()``."""
+        """Drop the cursor's reference — ``dma_resv_iter_end()``.
+
+        Kernel: include/linux/dma-resv.h, dma_resv_iter_end().
+        """
         f, self.fence = self.fence, None
         if f is not None:
             f.put()
@@ -815,6 +818,8 @@ class DmaResvIter:
 
         Check ``is_restarted`` on each step. Call :meth:`end` afterwards (or use the cursor as
         a context manager).
+
+        Kernel: include/linux/dma-resv.h, dma_resv_for_each_fence_unlocked().
         """
         fence = self.first_unlocked()
         while fence is not None:
@@ -853,7 +858,11 @@ class DmaResvIter:
                 return fence
 
     def for_each(self) -> Iterator[DmaFence]:
-        """Iterate :meth:`first` / :meth:`next` — ``dma_resv_for_each_fence(cursor, ...)``."""
+        """Iterate :meth:`first` / :meth:`next` — ``dma_resv_for_each_fence(cursor, ...)``.
+
+        Context: the resv lock must be held (dma_resv_assert_held()).
+        Kernel: include/linux/dma-resv.h, dma_resv_for_each_fence().
+        """
         fence = self.first()
         while fence is not None:
             yield fence

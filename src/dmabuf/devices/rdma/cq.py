@@ -108,7 +108,10 @@ class Mlx5IbCq:
         return f"<Mlx5IbCq {self.device.name}#{self.cqn} cqe={self.cqe} queued={len(self._ring)}>"
 
     def push(self, wc: IbWc) -> bool:
-        """The HCA writes a completion; False (and an overrun event) when the ring is full."""
+        """The HCA writes a completion; False (and an overrun event) when the ring is full.
+
+        Model-only: the HCA writing a CQE is hardware; an overrun raises IB_EVENT_CQ_ERR as in mlx5.
+        """
         with self._lock:
             if len(self._ring) >= self.cqe:
                 self.overrun = True
@@ -126,6 +129,8 @@ class Mlx5IbCq:
         """Take up to ``num_entries`` completions, oldest first — ``ibv_poll_cq``.
 
         Raises: DmaBufError(EINVAL): ``num_entries`` < 0.
+
+        Kernel: drivers/infiniband/hw/mlx5/cq.c, mlx5_ib_poll_cq().
         """
         if num_entries < 0:
             raise DmaBufError(errno.EINVAL, "num_entries must be >= 0")
@@ -138,6 +143,8 @@ class Mlx5IbCq:
 
         Context: may block (scheduler condition); never holds another lock.
         Returns: True if ``count`` completions are available.
+
+        Model-only: blocking wait standing in for ibv_req_notify_cq() + the completion channel.
         """
         m = self.device.machine
         end = m.sched.now() + timeout

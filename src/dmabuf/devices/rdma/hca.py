@@ -156,6 +156,8 @@ class Hca:
 
         Context: takes ``qp.sq_lock`` (blocks while another thread executes the queue); may
             block in page faults (reservation locks, exporter fences).
+
+        Model-only: the HCA transport engine is hardware.
         """
         with qp.sq_lock:
             while qp.sq:
@@ -182,7 +184,10 @@ class Hca:
                     qp.set_error()          # flushes the RQ now, the SQ in the next iteration
 
     def kick_remote(self, rqp: Mlx5IbQp) -> None:
-        """A receive was posted on ``rqp``: resume the connected requester if it is RNR-stalled."""
+        """A receive was posted on ``rqp``: resume the connected requester if it is RNR-stalled.
+
+        Model-only: the HCA transport engine is hardware.
+        """
         peer = self._peer_of(rqp)
         if peer is not None and peer.rnr_stalled:
             peer.device.hca.process_sq(peer)

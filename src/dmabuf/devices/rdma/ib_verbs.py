@@ -210,7 +210,11 @@ _WC_STATUS_STR = {
 
 
 def wc_status_str(status: int) -> str:
-    """The text ``ibv_wc_status_str()`` gives for ``status`` ("unknown" when out of range)."""
+    """The text ``ibv_wc_status_str()`` gives for ``status`` ("unknown" when out of range).
+
+    Kernel: drivers/infiniband/core/verbs.c, ib_wc_status_msg() (text as rdma-core's
+    ibv_wc_status_str()).
+    """
     try:
         return _WC_STATUS_STR[IbWcStatus(status)]
     except ValueError:

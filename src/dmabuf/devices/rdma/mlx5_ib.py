@@ -134,17 +134,27 @@ class RdmaNic(Device):
 
     # ------------------------------------------------------------------ helpers
     def check_alive(self, what: str) -> None:
-        """Raise ``-ENODEV`` when the device was removed (uverbs disassociated)."""
+        """Raise ``-ENODEV`` when the device was removed (uverbs disassociated).
+
+        Kernel: drivers/infiniband/core/uverbs_main.c, ib_uverbs_disassociate_ucontext() (after it,
+        verbs on the device fail; the model raises ENODEV).
+        """
         self._check_alive(what)
 
     def umr_can_load_pas(self, length: int) -> bool:
-        """``mlx5r_umr_can_load_pas()``: can UMR load an MTT for ``length`` bytes?"""
+        """``mlx5r_umr_can_load_pas()``: can UMR load an MTT for ``length`` bytes?
+
+        Kernel: drivers/infiniband/hw/mlx5/umr.c, mlx5r_umr_can_load_pas().
+        """
         if self.max_umr_pages is None:
             return True
         return length < self.max_umr_pages * PAGE_SIZE
 
     def async_event(self, name: str, **fields: Any) -> None:
-        """Record an asynchronous event (``ib_dispatch_event``), e.g. ``CQ_ERR``."""
+        """Record an asynchronous event (``ib_dispatch_event``), e.g. ``CQ_ERR``.
+
+        Kernel: drivers/infiniband/core/device.c, ib_dispatch_event().
+        """
         self.async_events.append((name, fields))
         self.machine.trace.emit("ib_async_event", device=self.name, event=name, **fields)
 
@@ -152,6 +162,9 @@ class RdmaNic(Device):
         """Read user memory at the SGE addresses (the provider's inline-data copy).
 
         Raises: DmaBufError(EFAULT): an address not mapped in the process.
+
+        Model-only: the user-space provider (rdma-core mlx5) copies inline data; no kernel code
+        runs.
         """
         mm = UserMemory.of(self.machine)
         out = bytearray()
@@ -167,6 +180,8 @@ class RdmaNic(Device):
         """Allocate a protection domain — ``ib_alloc_pd`` / ``mlx5_ib_alloc_pd``.
 
         Raises: DmaBufError(ENODEV): device removed.
+
+        Kernel: drivers/infiniband/hw/mlx5/main.c, mlx5_ib_alloc_pd().
         """
         self._check_alive("alloc_pd")
         with self._lock:
@@ -179,6 +194,8 @@ class RdmaNic(Device):
         """Free a PD — ``ib_dealloc_pd_user`` via uverbs.
 
         Raises: DmaBufError(EBUSY): MRs or QPs still use it (``ib_destroy_usecnt``).
+
+        Kernel: drivers/infiniband/core/verbs.c, ib_dealloc_pd_user().
         """
         with self._lock:
             if pd.usecnt:
@@ -194,6 +211,8 @@ class RdmaNic(Device):
         """Create an MKey — ``mlx5_ib_create_mkey`` with ``assign_mkey_variant``.
 
         The key is ``index << 8 | variant`` (variant: a per-device 8-bit counter).
+
+        Kernel: drivers/infiniband/hw/mlx5/mr.c, mlx5_ib_create_mkey() / assign_mkey_variant().
         """
         with self._lock:
             idx = self._next_mkey_index
@@ -204,20 +223,29 @@ class RdmaNic(Device):
         return Mlx5Mkey(key, pd, iova, length, access, lock, odp=odp)
 
     def register_mr(self, mr: Mlx5IbMr) -> None:
-        """Make ``mr`` visible to the HCA's key lookups (the MKey exists in hardware)."""
+        """Make ``mr`` visible to the HCA's key lookups (the MKey exists in hardware).
+
+        Model-only: makes the MKey visible to the model HCA's lookups (hardware state).
+        """
         with self._lock:
             self._mrs[mr.lkey >> 8] = mr
             mr.pd.usecnt += 1
 
     def free_mkey(self, mr: Mlx5IbMr) -> None:
-        """Destroy the MKey of a deregistered MR — ``destroy_mkey``."""
+        """Destroy the MKey of a deregistered MR — ``destroy_mkey``.
+
+        Kernel: drivers/infiniband/hw/mlx5/mr.c, destroy_mkey().
+        """
         with self._lock:
             if self._mrs.get(mr.lkey >> 8) is mr:
                 del self._mrs[mr.lkey >> 8]
                 mr.pd.usecnt -= 1
 
     def lookup_mr(self, key: int) -> Mlx5IbMr | None:
-        """The MR whose MKey is ``key`` (index and variant must match), or None (HCA lookup)."""
+        """The MR whose MKey is ``key`` (index and variant must match), or None (HCA lookup).
+
+        Model-only: the HCA's MKey lookup is hardware (index and variant both checked).
+        """
         mr = self._mrs.get(int(key) >> 8)
         if mr is None or mr.lkey != key or mr.deregistered:
             return None
@@ -230,12 +258,19 @@ class RdmaNic(Device):
             return list(self._mrs.values())
 
     def odp_store(self, mr: Mlx5IbMr) -> None:
-        """``mlx5r_store_odp_mkey``: page faults on the key find ``mr``."""
+        """``mlx5r_store_odp_mkey``: page faults on the key find ``mr``.
+
+        Kernel: drivers/infiniband/hw/mlx5/odp.c, mlx5r_store_odp_mkey().
+        """
         with self._lock:
             self._odp_mkeys[mr.lkey >> 8] = mr
 
     def odp_get(self, key: int) -> Mlx5IbMr | None:
-        """Look an ODP key up and take a use count (``xa_load`` + ``refcount_inc``)."""
+        """Look an ODP key up and take a use count (``xa_load`` + ``refcount_inc``).
+
+        Kernel: drivers/infiniband/hw/mlx5/odp.c, xa_load(&dev->odp_mkeys) + refcount_inc()
+        (pagefault_single_data_segment()).
+        """
         with self._lock:
             mr = self._odp_mkeys.get(int(key) >> 8)
             if mr is None or mr.lkey != key:
@@ -244,7 +279,10 @@ class RdmaNic(Device):
             return mr
 
     def odp_put(self, mr: Mlx5IbMr) -> None:
-        """Drop a use count (``mlx5r_deref_odp_mkey``) and wake a waiting deregistration."""
+        """Drop a use count (``mlx5r_deref_odp_mkey``) and wake a waiting deregistration.
+
+        Kernel: drivers/infiniband/hw/mlx5/mlx5_ib.h, mlx5r_deref_odp_mkey().
+        """
         with self._lock:
             mr.usecount -= 1
             if mr.usecount == 0:
@@ -252,7 +290,11 @@ class RdmaNic(Device):
 
     def odp_erase_and_wait(self, mr: Mlx5IbMr) -> None:
         """``xa_erase(odp_mkeys)`` + ``mlx5r_deref_wait_odp_mkey``: no new fault finds the key,
-        running faults finish."""
+        running faults finish.
+
+        Kernel: drivers/infiniband/hw/mlx5/mr.c, xa_erase(&dev->odp_mkeys) +
+        mlx5r_deref_wait_odp_mkey().
+        """
         with self._lock:
             if self._odp_mkeys.get(mr.lkey >> 8) is mr:
                 del self._odp_mkeys[mr.lkey >> 8]
@@ -264,6 +306,8 @@ class RdmaNic(Device):
         """Create a completion queue — ``mlx5_ib_create_cq``.
 
         Raises: DmaBufError(EINVAL): ``cqe`` out of range; DmaBufError(ENODEV): removed.
+
+        Kernel: drivers/infiniband/hw/mlx5/cq.c, mlx5_ib_create_cq().
         """
         self._check_alive("create_cq")
         with self._lock:
@@ -278,6 +322,8 @@ class RdmaNic(Device):
         """Destroy a CQ — ``mlx5_ib_destroy_cq``.
 
         Raises: DmaBufError(EBUSY): QPs still use it.
+
+        Kernel: drivers/infiniband/hw/mlx5/cq.c, mlx5_ib_destroy_cq().
         """
         with self._lock:
             if cq.usecnt:
@@ -291,6 +337,8 @@ class RdmaNic(Device):
 
         Raises: DmaBufError(EINVAL): missing CQs, capabilities beyond the device's;
             DmaBufError(EOPNOTSUPP): not RC; DmaBufError(ENODEV): removed.
+
+        Kernel: drivers/infiniband/hw/mlx5/qp.c, mlx5_ib_create_qp().
         """
         self._check_alive("create_qp")
         if pd.device is not self:
@@ -308,7 +356,10 @@ class RdmaNic(Device):
         return qp
 
     def destroy_qp(self, qp: Mlx5IbQp) -> None:
-        """Destroy a QP — ``mlx5_ib_destroy_qp`` (outstanding work is dropped)."""
+        """Destroy a QP — ``mlx5_ib_destroy_qp`` (outstanding work is dropped).
+
+        Kernel: drivers/infiniband/hw/mlx5/qp.c, mlx5_ib_destroy_qp().
+        """
         with qp.sq_lock:
             qp.destroyed = True
             qp.sq.clear()
@@ -321,7 +372,10 @@ class RdmaNic(Device):
 
     # ------------------------------------------------------------------ queries
     def query_device(self) -> dict[str, Any]:
-        """``ibv_query_device`` (the fields the model has)."""
+        """``ibv_query_device`` (the fields the model has).
+
+        Kernel: drivers/infiniband/hw/mlx5/main.c, mlx5_ib_query_device() (ibv_query_device fields).
+        """
         return {"max_qp_wr": self.max_qp_wr, "max_sge": self.max_sge, "max_cqe": self.max_cqe,
                 "max_mr_size": (1 << 64) - 1, "page_size_cap": PAGE_SIZE,
                 "atomic_caps": 1 if self.atomic else 0, "phys_port_cnt": len(self.ports),
@@ -354,7 +408,10 @@ class RdmaNic(Device):
         super().remove()
 
     def describe(self) -> dict[str, Any]:
-        """Snapshot: the base's, plus ports, object counts and engine counters."""
+        """Snapshot: the base's, plus ports, object counts and engine counters.
+
+        Model-only: introspection snapshot; the kernel has no such call.
+        """
         d = super().describe()
         d.update({"ports": {n: {"lid": p.lid, "state": p.state, "tx": p.tx_bytes,
                                 "rx": p.rx_bytes} for n, p in self.ports.items()},

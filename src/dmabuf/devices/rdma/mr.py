@@ -104,6 +104,8 @@ class MrKind(enum.Enum):
         """A kind from its name (``"dynamic"``, ``"odp"``, ``"pinned"``, ``"pinned_revocable"``).
 
         Raises: DmaBufError(EINVAL): unknown name.
+
+        Model-only: parses the model's MR-kind names.
         """
         if isinstance(kind, MrKind):
             return kind
@@ -159,6 +161,9 @@ class Mlx5IbMr:
         """The umem's current DMA window and the page owners it reaches (for the MTT load).
 
         Raises: DmaBufError(EINVAL): a dma-buf umem that is not mapped.
+
+        Kernel: drivers/infiniband/core/umem.c, the umem's DMA-mapped sg_table (umem->sgt_append)
+        used by mlx5r_umr_update_mr_pas().
         """
         u = self.umem
         if isinstance(u, IbUmemDmabuf):
@@ -175,6 +180,8 @@ class Mlx5IbMr:
         the IOMMU), ``p2p_map_type`` (``"BUS_ADDR"`` / ``"THRU_HOST_BRIDGE"`` for peer MMIO,
         None for system memory), ``path`` (``"bus"``, ``"iommu"``, ``"direct"`` or
         ``"mixed"``), ``mtt_present`` and ``owners`` (page owners the mapping reaches).
+
+        Model-only: introspection of how the MR reaches its memory.
         """
         u = self.umem
         dev = self.device.dma

@@ -72,11 +72,17 @@ class IbSubnet:
 
     @classmethod
     def of(cls, machine: Machine) -> IbSubnet:
-        """The machine's subnet (created on first use)."""
+        """The machine's subnet (created on first use).
+
+        Model-only: per-machine subnet lookup.
+        """
         return machine.state(cls)
 
     def add_port(self, device: RdmaNic, port_num: int) -> IbPort:
-        """Plug a new port into the switch and assign it the next LID (the subnet manager)."""
+        """Plug a new port into the switch and assign it the next LID (the subnet manager).
+
+        Model-only: the InfiniBand subnet manager and switch are outside the kernel.
+        """
         with self._lock:
             lid = self._next_lid
             self._next_lid += 1
@@ -86,7 +92,10 @@ class IbSubnet:
         return port
 
     def remove_port(self, port: IbPort) -> None:
-        """Unplug a port (device removal)."""
+        """Unplug a port (device removal).
+
+        Model-only: the InfiniBand fabric is hardware.
+        """
         with self._lock:
             self._by_lid.pop(port.lid, None)
             if port.peer is not None:
@@ -95,7 +104,10 @@ class IbSubnet:
             port.state = IBV_PORT_DOWN
 
     def port(self, lid: int) -> IbPort | None:
-        """The port with ``lid``, or None."""
+        """The port with ``lid``, or None.
+
+        Model-only: subnet lookup by LID (switch forwarding table).
+        """
         with self._lock:
             return self._by_lid.get(lid)
 
@@ -103,6 +115,8 @@ class IbSubnet:
         """Cable ``a`` and ``b`` back to back (they leave the switch).
 
         Raises: DmaBufError(EINVAL): the same port twice, or a port not on this subnet.
+
+        Model-only: cabling is hardware.
         """
         with self._lock:
             if a is b or self._by_lid.get(a.lid) is not a or self._by_lid.get(b.lid) is not b:
@@ -113,7 +127,10 @@ class IbSubnet:
             a.peer, b.peer = b, a
 
     def set_port_state(self, port: IbPort, active: bool) -> None:
-        """Bring a port up (``ACTIVE``) or down (link loss)."""
+        """Bring a port up (``ACTIVE``) or down (link loss).
+
+        Model-only: link state is hardware (the kernel sees it as IB_EVENT_PORT_ACTIVE/ERR).
+        """
         port.state = IBV_PORT_ACTIVE if active else IBV_PORT_DOWN
         self.machine.trace.emit("ib_port_state", device=port.device.name, port=port.port_num,
                                 active=bool(active))
@@ -123,6 +140,8 @@ class IbSubnet:
 
         Loopback (``dlid == src.lid``) needs only ``src`` active; otherwise both ports must be
         active and either cabled to each other or both on the switch.
+
+        Model-only: switch forwarding is hardware.
         """
         if src.state != IBV_PORT_ACTIVE:
             return None

@@ -180,7 +180,10 @@ _WR_TO_WC = {
 
 
 def wr_to_wc_opcode(opcode: int) -> IbWcOpcode:
-    """The completion opcode of a send work request opcode."""
+    """The completion opcode of a send work request opcode.
+
+    Model-only: the HCA chooses the completion opcode; there is no kernel table.
+    """
     return _WR_TO_WC[IbWrOpcode(opcode)]
 
 
@@ -307,7 +310,10 @@ class Mlx5IbQp:
             self.flush()
 
     def query(self) -> IbQpAttr:
-        """A copy of the current attributes — ``ib_query_qp()``."""
+        """A copy of the current attributes — ``ib_query_qp()``.
+
+        Kernel: drivers/infiniband/hw/mlx5/qp.c, mlx5_ib_query_qp() (ib_query_qp()).
+        """
         with self.state_lock:
             a = IbQpAttr(**{k: v for k, v in vars(self.attr).items() if k != "ah_attr"})
             a.ah_attr = IbAhAttr(**vars(self.attr.ah_attr))
@@ -315,7 +321,10 @@ class Mlx5IbQp:
 
     # ------------------------------------------------------------------ errors and flushing
     def set_error(self) -> None:
-        """Move to ERR (a transport error) and flush what can be flushed now."""
+        """Move to ERR (a transport error) and flush what can be flushed now.
+
+        Model-only: a transport error moving the QP to ERR is detected by hardware.
+        """
         with self.state_lock:
             if self.state == IbQpState.ERR:
                 return
@@ -325,7 +334,10 @@ class Mlx5IbQp:
         self.flush()
 
     def flush(self) -> None:
-        """Complete every outstanding WR with ``IBV_WC_WR_FLUSH_ERR`` (state ERR)."""
+        """Complete every outstanding WR with ``IBV_WC_WR_FLUSH_ERR`` (state ERR).
+
+        Model-only: flushing WRs with IBV_WC_WR_FLUSH_ERR is done by the HCA on the ERR transition.
+        """
         with self.rq_lock:
             rwrs = list(self.rq)
             self.rq.clear()
@@ -424,7 +436,10 @@ class Mlx5IbQp:
         self.device.hca.kick_remote(self)
 
     def pop_recv(self) -> IbRecvWr | None:
-        """The responder consumes the head receive WQE (HCA side)."""
+        """The responder consumes the head receive WQE (HCA side).
+
+        Model-only: the responder consuming a receive WQE is hardware.
+        """
         with self.rq_lock:
             return self.rq.popleft() if self.rq else None
 
@@ -433,7 +448,10 @@ class Mlx5IbQp:
             raise DmaBufError(errno.EINVAL, f"QP {self.qp_num:#x} was destroyed")
 
     def describe(self) -> dict[str, Any]:
-        """Snapshot: number, state, queue depths, peer."""
+        """Snapshot: number, state, queue depths, peer.
+
+        Model-only: introspection snapshot; the kernel has no such call.
+        """
         return {"qp_num": self.qp_num, "state": self.state.name, "sq": len(self.sq),
                 "rq": len(self.rq), "dest_qp_num": self.attr.dest_qp_num,
                 "dlid": self.attr.ah_attr.dlid, "rnr_stalled": self.rnr_stalled}

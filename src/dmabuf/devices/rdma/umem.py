@@ -81,17 +81,26 @@ class UserBuffer:
         return slice_ranges(self.pages, offset, length)
 
     def write(self, offset: int, data: Any) -> None:
-        """CPU store of ``data`` at ``va + offset`` (``memcpy`` into the mapping)."""
+        """CPU store of ``data`` at ``va + offset`` (``memcpy`` into the mapping).
+
+        Model-only: a user-space CPU store.
+        """
         buf = np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8) \
             if not isinstance(data, np.ndarray) else data.view(np.uint8).reshape(-1)
         self.phys.write(self._window(offset, int(buf.size)), buf)
 
     def read(self, offset: int, length: int) -> np.ndarray:
-        """CPU load of ``length`` bytes at ``va + offset`` (a copy)."""
+        """CPU load of ``length`` bytes at ``va + offset`` (a copy).
+
+        Model-only: a user-space CPU load.
+        """
         return self.phys.read(self._window(offset, length))
 
     def munmap(self) -> None:
-        """``munmap()``: the range disappears; pinned pages are freed when the last pin goes."""
+        """``munmap()``: the range disappears; pinned pages are freed when the last pin goes.
+
+        Kernel: mm/vma.c, do_vmi_munmap() (munmap(2)).
+        """
         if not self.mapped:
             return
         self.mapped = False
@@ -123,7 +132,10 @@ class UserMemory:
 
     @classmethod
     def of(cls, machine: Machine | None = None) -> UserMemory:
-        """The machine's user memory (created on first use)."""
+        """The machine's user memory (created on first use).
+
+        Model-only: per-machine lookup of the simulated user address space.
+        """
         return (machine or current_machine()).state(cls)
 
     def mmap(self, phys: PhysMemory, region: PhysRegion | str, length: int,
@@ -131,6 +143,8 @@ class UserMemory:
         """Map ``length`` bytes of fresh zeroed RAM (``mmap(MAP_ANONYMOUS)`` + first touch).
 
         Raises: DmaBufError(EINVAL): length <= 0; DmaBufError(ENOMEM): RAM exhausted.
+
+        Kernel: mm/mmap.c, do_mmap() with MAP_ANONYMOUS (plus first touch).
         """
         if isinstance(length, bool) or not isinstance(length, int):
             raise TypeError("length must be an int")
@@ -159,6 +173,8 @@ class UserMemory:
         """The mapping holding ``[va, va + length)`` — the VMA walk of GUP.
 
         Raises: DmaBufError(EFAULT): not entirely inside one mapping.
+
+        Kernel: mm/gup.c, the VMA walk of __get_user_pages() (vma_lookup()).
         """
         with self._lock:
             i = bisect.bisect_right(self._starts, va) - 1

@@ -173,7 +173,10 @@ class IbUmemDmabuf:
         return self.dmabuf.resv
 
     def describe(self) -> dict[str, Any]:
-        """Snapshot for reports and tests."""
+        """Snapshot for reports and tests.
+
+        Model-only: introspection snapshot; the kernel has no such call.
+        """
         return {"device": self.ibdev.name, "dmabuf": self.dmabuf.ino,
                 "exporter": self.dmabuf.exp_name, "address": self.address,
                 "length": self.length, "mapped": self.sgt is not None, "pinned": self.pinned,

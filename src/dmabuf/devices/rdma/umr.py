@@ -131,7 +131,10 @@ class Mlx5Mkey:
         return int(self.mtt.nbytes)
 
     def in_bounds(self, va: int, length: int) -> bool:
-        """``[va, va + length)`` lies inside the key's range."""
+        """``[va, va + length)`` lies inside the key's range.
+
+        Model-only: the HCA's MKey bounds check is hardware.
+        """
         return self.iova <= va and va + length <= self.iova + self.length
 
     # ------------------------------------------------------------------ hardware side
@@ -139,6 +142,8 @@ class Mlx5Mkey:
         """The DMA ranges behind ``[va, va + length)``, or None if an entry is not present.
 
         Context: the caller (the HCA) holds :attr:`hw_lock`; bounds already checked.
+
+        Model-only: the HCA's MTT translation is hardware.
         """
         if length == 0:
             return np.zeros(0, dtype=RANGE_DTYPE)

@@ -214,7 +214,10 @@ def _wrap(msg: str, e: DmaBufError) -> PyverbsRDMAError:
 
 
 def wc_status_to_str(status: int) -> str:
-    """``ibv_wc_status_str()``."""
+    """``ibv_wc_status_str()``.
+
+    Model-only: mirrors rdma-core ibv_wc_status_str() (user space).
+    """
     return wc_status_str(status)
 
 
@@ -340,7 +343,11 @@ class Context(_Object):
         return f"<Context {self.name}>"
 
     def query_device(self) -> DeviceAttr:
-        """``ibv_query_device``."""
+        """``ibv_query_device``.
+
+        Model-only: mirrors rdma-core pyverbs (user space ibv_query_device()); the kernel side is
+        ib_uverbs_query_device().
+        """
         self._check_open("query_device")
         q = self.device.query_device()
         return DeviceAttr(q["max_qp_wr"], q["max_sge"], q["max_cqe"], q["max_mr_size"],
@@ -348,7 +355,11 @@ class Context(_Object):
                           q["vendor_id"], q["vendor_part_id"])
 
     def query_port(self, port_num: int = 1) -> PortAttr:
-        """``ibv_query_port``. Raises PyverbsRDMAError(EINVAL): no such port."""
+        """``ibv_query_port``. Raises PyverbsRDMAError(EINVAL): no such port.
+
+        Model-only: mirrors rdma-core pyverbs (user space ibv_query_port()); the kernel side is
+        ib_uverbs_query_port().
+        """
         self._check_open("query_port")
         p = self.device.ports.get(port_num)
         if p is None:
@@ -432,14 +443,20 @@ class MR(_Object):
         return UserMemory.of(self.pd.ctx.device.machine).lookup(self.buf, self.length)
 
     def write(self, data: str | bytes | Any, length: int, offset: int = 0) -> None:
-        """Copy ``length`` bytes of ``data`` to ``buf + offset`` (a CPU store)."""
+        """Copy ``length`` bytes of ``data`` to ``buf + offset`` (a CPU store).
+
+        Model-only: a user-space CPU store.
+        """
         self._check_open("write")
         raw = data.encode() if isinstance(data, str) else bytes(data)
         ub = self._user()
         ub.write(self.buf - ub.va + offset, raw[:length])
 
     def read(self, length: int, offset: int = 0) -> bytes:
-        """``length`` bytes from ``buf + offset`` (a CPU load)."""
+        """``length`` bytes from ``buf + offset`` (a CPU load).
+
+        Model-only: a user-space CPU load.
+        """
         self._check_open("read")
         ub = self._user()
         return ub.read(self.buf - ub.va + offset, length).tobytes()
@@ -577,13 +594,19 @@ class DmaBufMR(_Object):
         return self.mr.umem.dmabuf  # type: ignore[union-attr]
 
     def write(self, data: str | bytes | Any, length: int, offset: int = 0) -> None:
-        """Store ``length`` bytes at ``offset`` of the MR through a CPU mapping of the buffer."""
+        """Store ``length`` bytes at ``offset`` of the MR through a CPU mapping of the buffer.
+
+        Model-only: a user-space CPU store through a mapping of the buffer.
+        """
         self._check_open("write")
         raw = data.encode() if isinstance(data, str) else bytes(data)
         _cpu_view(self._kbuf()).write(self.offset + offset, raw[:length])
 
     def read(self, length: int, offset: int = 0) -> bytes:
-        """Load ``length`` bytes at ``offset`` of the MR through a CPU mapping of the buffer."""
+        """Load ``length`` bytes at ``offset`` of the MR through a CPU mapping of the buffer.
+
+        Model-only: a user-space CPU load through a mapping of the buffer.
+        """
         self._check_open("read")
         return bytes(_cpu_view(self._kbuf()).read(self.offset + offset, length).tobytes())
 
@@ -613,7 +636,11 @@ class CQ(_Object):
         ctx._add_child(self)
 
     def poll(self, num_entries: int = 1) -> tuple[int, list[IbWc]]:
-        """``ibv_poll_cq``: ``(number polled, [WC, ...])``."""
+        """``ibv_poll_cq``: ``(number polled, [WC, ...])``.
+
+        Model-only: mirrors rdma-core pyverbs CQ.poll (user space ibv_poll_cq()); the kernel side is
+        mlx5_ib_poll_cq().
+        """
         self._check_open("poll")
         wcs = self.cq.poll(num_entries)
         return len(wcs), wcs
@@ -714,12 +741,18 @@ class SendWR:
         self.swap = 0
 
     def set_wr_rdma(self, rkey: int, addr: int) -> None:
-        """``wr.rdma.rkey / remote_addr``."""
+        """``wr.rdma.rkey / remote_addr``.
+
+        Model-only: mirrors rdma-core pyverbs SendWR.set_wr_rdma (user space).
+        """
         self.rkey = rkey
         self.remote_addr = addr
 
     def set_wr_atomic(self, rkey: int, addr: int, compare_add: int, swap: int = 0) -> None:
-        """``wr.atomic``."""
+        """``wr.atomic``.
+
+        Model-only: mirrors rdma-core pyverbs SendWR.set_wr_atomic (user space).
+        """
         self.rkey = rkey
         self.remote_addr = addr
         self.compare_add = compare_add
@@ -795,7 +828,11 @@ class QP(_Object):
         return int(self.qp.state)
 
     def modify(self, qp_attr: QPAttr, attr_mask: int) -> None:
-        """``ibv_modify_qp``. Raises PyverbsRDMAError(EINVAL): illegal transition/attributes."""
+        """``ibv_modify_qp``. Raises PyverbsRDMAError(EINVAL): illegal transition/attributes.
+
+        Model-only: mirrors rdma-core pyverbs (user space ibv_modify_qp()); the kernel side is
+        ib_modify_qp_with_udata().
+        """
         self._check_open("modify")
         try:
             self.qp.modify(qp_attr._to_ib(), attr_mask)
@@ -803,22 +840,35 @@ class QP(_Object):
             raise _wrap("Failed to modify QP", e) from e
 
     def to_init(self, qp_attr: QPAttr) -> None:
-        """RESET → INIT with pyverbs' RC mask."""
+        """RESET → INIT with pyverbs' RC mask.
+
+        Model-only: mirrors rdma-core pyverbs QP.to_init (user space).
+        """
         qp_attr.qp_state = IBV_QPS_INIT
         self.modify(qp_attr, RC_INIT_MASK)
 
     def to_rtr(self, qp_attr: QPAttr) -> None:
-        """INIT → RTR with pyverbs' RC mask."""
+        """INIT → RTR with pyverbs' RC mask.
+
+        Model-only: mirrors rdma-core pyverbs QP.to_rtr (user space).
+        """
         qp_attr.qp_state = IBV_QPS_RTR
         self.modify(qp_attr, RC_RTR_MASK)
 
     def to_rts(self, qp_attr: QPAttr) -> None:
-        """RTR → RTS with pyverbs' RC mask."""
+        """RTR → RTS with pyverbs' RC mask.
+
+        Model-only: mirrors rdma-core pyverbs QP.to_rts (user space).
+        """
         qp_attr.qp_state = IBV_QPS_RTS
         self.modify(qp_attr, RC_RTS_MASK)
 
     def query(self, attr_mask: int = 0) -> tuple[QPAttr, QPInitAttr]:
-        """``ibv_query_qp``: (attributes, init attributes)."""
+        """``ibv_query_qp``: (attributes, init attributes).
+
+        Model-only: mirrors rdma-core pyverbs (user space ibv_query_qp()); the kernel side is
+        ib_uverbs_query_qp().
+        """
         self._check_open("query")
         a = self.qp.query()
         qa = QPAttr(int(a.qp_state), int(a.cur_qp_state), a.port_num, a.path_mtu,
@@ -834,7 +884,11 @@ class QP(_Object):
         return qa, ia
 
     def post_send(self, send_wr: SendWR, bad_wr: Any = None) -> None:
-        """``ibv_post_send`` (the ``wr_next`` chain is posted in order)."""
+        """``ibv_post_send`` (the ``wr_next`` chain is posted in order).
+
+        Model-only: mirrors rdma-core pyverbs (user space ibv_post_send(); mlx5 posts from user
+        space).
+        """
         self._check_open("post_send")
         try:
             self.qp.post_send([w._to_ib() for w in _chain(send_wr)])
@@ -842,7 +896,11 @@ class QP(_Object):
             raise _wrap("Failed to post send", e) from e
 
     def post_recv(self, recv_wr: RecvWR, bad_wr: Any = None) -> None:
-        """``ibv_post_recv`` (the ``wr_next`` chain is posted in order)."""
+        """``ibv_post_recv`` (the ``wr_next`` chain is posted in order).
+
+        Model-only: mirrors rdma-core pyverbs (user space ibv_post_recv(); mlx5 posts from user
+        space).
+        """
         self._check_open("post_recv")
         try:
             self.qp.post_recv([w._to_ib() for w in _chain(recv_wr)])
@@ -863,6 +921,8 @@ def poll_cq(cq: CQ, count: int = 1, *, timeout: float = 5.0) -> list[IbWc]:
     Raises: PyverbsRDMAError(status): a completion with a non-success status (``error_code``
         is the WC status, as in rdma-core's helper); PyverbsError(ETIMEDOUT): not enough
         completions in time.
+
+    Model-only: mirrors rdma-core tests/utils.poll_cq (user space).
     """
     out: list[IbWc] = []
     while len(out) < count:
@@ -886,6 +946,8 @@ def connect_rc(a: QP, b: QP, *, access: int = IBV_ACCESS_LOCAL_WRITE | IBV_ACCES
 
     Each side's ``dest_qp_num`` is the other's number and ``ah_attr.dlid`` the other's port LID
     (the same LID for a loopback pair). Raises: PyverbsRDMAError from a modify.
+
+    Model-only: test helper in the style of rdma-core tests/utils (user space).
     """
     for me in (a, b):
         if me.qp_state == IBV_QPS_RESET:
