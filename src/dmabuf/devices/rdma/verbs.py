@@ -388,7 +388,28 @@ class PD(_Object):
 
 
 # ---------------------------------------------------------------------------------- MRs
-class MR(_Object):
+class _MrKeys(_Object):
+    """The keys every memory region shows (pyverbs' ``MR.lkey``/``MR.rkey``).
+
+    Model-only: the facade's shared part of ``MR`` and ``DmaBufMR``; ``self.mr`` is the driver MR.
+    """
+
+    mr: Mlx5IbMr
+
+    @property
+    def lkey(self) -> int:
+        """``mr->lkey``."""
+        self._check_open("lkey")
+        return self.mr.lkey
+
+    @property
+    def rkey(self) -> int:
+        """``mr->rkey``."""
+        self._check_open("rkey")
+        return self.mr.rkey
+
+
+class MR(_MrKeys):
     """A memory region over freshly allocated host memory — ``pyverbs.mr.MR``.
 
     Args:
@@ -426,18 +447,6 @@ class MR(_Object):
             raise _wrap(f"Failed to register a MR. length: {length}, access flags: {access}",
                         e) from e
         pd._add_child(self)
-
-    @property
-    def lkey(self) -> int:
-        """``mr->lkey``."""
-        self._check_open("lkey")
-        return self.mr.lkey
-
-    @property
-    def rkey(self) -> int:
-        """``mr->rkey``."""
-        self._check_open("rkey")
-        return self.mr.rkey
 
     def _user(self) -> UserBuffer:
         return UserMemory.of(self.pd.ctx.device.machine).lookup(self.buf, self.length)
@@ -530,7 +539,7 @@ def _cpu_view(dmabuf: KDmaBuf) -> Any:
     return vma.view
 
 
-class DmaBufMR(_Object):
+class DmaBufMR(_MrKeys):
     """A dma-buf memory region — ``pyverbs.mr.DmaBufMR`` (``ibv_reg_dmabuf_mr``).
 
     Args:
@@ -574,18 +583,6 @@ class DmaBufMR(_Object):
             raise _wrap(f"Failed to register a dma-buf MR. length: {length}, access flags: "
                         f"{access}", e) from e
         pd._add_child(self)
-
-    @property
-    def lkey(self) -> int:
-        """``mr->lkey``."""
-        self._check_open("lkey")
-        return self.mr.lkey
-
-    @property
-    def rkey(self) -> int:
-        """``mr->rkey``."""
-        self._check_open("rkey")
-        return self.mr.rkey
 
     def _kbuf(self) -> KDmaBuf:
         if isinstance(self.fd, KDmaBuf):
